@@ -1,0 +1,154 @@
+"""File input/output shared by every part of proda: atomic writes and PNG reading with exact dtypes.
+
+Every file proda writes goes through :func:`atomic_write` (temporary file in the same folder, fsync,
+rename), so a process killed at any moment leaves the old file or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+cv2.setNumThreads(0)  # decoding runs inside DataLoader workers; opencv's own pool only oversubscribes
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an HxW (uint8 or uint16) or HxWx3 RGB (uint8 or uint16) array."""
+    array = np.ascontiguousarray(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG arrays must be uint8 or uint16, got {array.dtype}")
+    if array.ndim == 3:
+        array = array[..., ::-1]  # opencv writes BGR
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError("could not encode PNG")
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    write_bytes(path, encode_png(array))
+
+
+def write_palette_png(path: str | os.PathLike, index: np.ndarray, palette: np.ndarray) -> None:
+    """An 8-bit palette-indexed PNG (mode 'P'), as GTA5 stores its labels."""
+    image = Image.fromarray(np.asarray(index, dtype=np.uint8), mode="P")
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(palette)] = palette
+    image.putpalette(flat.reshape(-1).tolist())
+    import io as _io
+
+    buf = _io.BytesIO()
+    image.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
+
+
+def _imread(path: Path) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise DataError(f"{path}: file not found")
+    if data.size == 0:
+        raise DataError(f"{path}: file is empty")
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise DataError(f"{path}: not a readable image (corrupt or truncated?)")
+    return array
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """HxWx3 uint8 RGB image; grey images are expanded, an alpha channel is dropped."""
+    path = Path(path)
+    array = _imread(path)
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}: expected an 8-bit image, got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.shape[2] == 4:
+        array = array[..., :3]
+    return np.ascontiguousarray(array[..., ::-1])
+
+
+def read_label_ids(path: str | os.PathLike) -> np.ndarray:
+    """HxW uint8 raw ids of an 8-bit single-channel label: grey (Cityscapes) or palette-indexed (GTA5).
+
+    Palette PNGs are read as their indices (never converted to colours, which destroys GTA5 ids).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode in ("L", "P"):
+                array = np.asarray(image)
+                return np.ascontiguousarray(array)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable label image ({exc})") from None
+    raise DataError(
+        f"{path}: label must be an 8-bit single-channel PNG (mode L or P), got mode {mode}"
+        + (" (an RGB-converted label? its class ids are lost)" if mode in ("RGB", "RGBA") else "")
+    )
+
+
+def read_synthia_label(path: str | os.PathLike) -> np.ndarray:
+    """HxW uint8 class ids from a SYNTHIA GT/LABELS PNG: 16-bit, class id in the first (R) channel.
+
+    Pillow reduces 16-bit RGB PNGs to their high byte (every id reads as 0), so opencv reads these.
+    """
+    path = Path(path)
+    array = _imread(path)
+    if array.dtype != np.uint16:
+        raise DataError(f"{path}: SYNTHIA labels are 16-bit PNGs, got {array.dtype} (converted to 8-bit?)")
+    if array.ndim != 3 or array.shape[2] < 3:
+        raise DataError(f"{path}: SYNTHIA labels have 3 channels (class, instance, -), got shape {array.shape}")
+    classes = array[..., 2]  # opencv returns BGR(A): channel 2 is R, the class id
+    if classes.max(initial=0) > 255:
+        raise DataError(f"{path}: class id {int(classes.max())} out of range")
+    return classes.astype(np.uint8)
