@@ -77,8 +77,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes(path, encode_png(array))
 
 
-def write_palette_png(path: str | os.PathLike, index: np.ndarray, palette: np.ndarray) -> None:
-    """An 8-bit palette-indexed PNG (mode 'P'), as GTA5 stores its labels."""
+def encode_palette_png(index: np.ndarray, palette: np.ndarray) -> bytes:
+    """PNG bytes of an 8-bit palette-indexed image (mode 'P'), as GTA5 stores its labels."""
     image = Image.fromarray(np.asarray(index, dtype=np.uint8), mode="P")
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[: len(palette)] = palette
@@ -87,7 +87,12 @@ def write_palette_png(path: str | os.PathLike, index: np.ndarray, palette: np.nd
 
     buf = _io.BytesIO()
     image.save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_palette_png(path: str | os.PathLike, index: np.ndarray, palette: np.ndarray) -> None:
+    """An 8-bit palette-indexed PNG (mode 'P'), as GTA5 stores its labels."""
+    write_bytes(path, encode_palette_png(index, palette))
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -115,16 +120,18 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(array[..., ::-1])
 
 
-def read_label_ids(path: str | os.PathLike) -> np.ndarray:
+def read_label_ids(path: str | os.PathLike, *, modes: tuple[str, ...] = ("L", "P")) -> np.ndarray:
     """HxW uint8 raw ids of an 8-bit single-channel label: grey (Cityscapes) or palette-indexed (GTA5).
 
     Palette PNGs are read as their indices (never converted to colours, which destroys GTA5 ids).
+    ``modes`` narrows the accepted PIL modes, e.g. ``("P",)`` for GTA5, whose grey-converted labels hold
+    luminances instead of ids.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
             mode = image.mode
-            if mode in ("L", "P"):
+            if mode in modes:
                 array = np.asarray(image)
                 return np.ascontiguousarray(array)
     except FileNotFoundError:
@@ -132,8 +139,9 @@ def read_label_ids(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable label image ({exc})") from None
     raise DataError(
-        f"{path}: label must be an 8-bit single-channel PNG (mode L or P), got mode {mode}"
+        f"{path}: label must be an 8-bit single-channel PNG (mode {' or '.join(modes)}), got mode {mode}"
         + (" (an RGB-converted label? its class ids are lost)" if mode in ("RGB", "RGBA") else "")
+        + (" (a grey-converted palette label? its class ids are lost)" if mode == "L" else "")
     )
 
 

@@ -1,0 +1,87 @@
+"""What a stage is: named modules, optimizers, data streams and a ``step(batch) -> named losses``.
+
+The trainer (proda.engine.trainer) drives any stage the same way; a stage knows nothing of files,
+devices placement, processes or checkpoints beyond returning its state.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.datasets import build_dataset
+from ..data.transforms import WeakGeometry, apply_weak_geometry, image_to_tensor, label_to_tensor, sample_weak_geometry
+from ..engine.data import AugmentedDataset
+
+
+class Stage:
+    """Base class. Subclasses fill ``modules``, ``optimizers``, ``streams`` and implement ``step``."""
+
+    name = "stage"
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.modules: dict[str, nn.Module] = {}  # everything checkpointed; "model" is the one evaluated
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.streams: dict[str, AugmentedDataset] = {}  # name -> training dataset, batched by the trainer
+
+    @property
+    def model(self) -> nn.Module:
+        return self.modules["model"]
+
+    def train_mode(self) -> None:
+        """Called before every iteration: modules that learn go to train mode."""
+        for module in self.modules.values():
+            module.train()
+
+    def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
+        """Forward one micro-batch; return the weighted loss terms whose sum is back-propagated."""
+        raise NotImplementedError
+
+    def after_step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, float]:
+        """After the optimizer step (EMA, moving prototypes); may return metrics to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state beyond modules and optimizers (prototypes, counters)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def weak_view_fn(cfg, with_label: bool = True):
+    """The weak training view of ProDA as a picklable callable for :class:`AugmentedDataset`."""
+    return _WeakView(cfg.data.crop_size, cfg.data.resize_width, cfg.data.scale_range, cfg.data.hflip, with_label)
+
+
+class _WeakView:
+    def __init__(self, crop_size, resize_width, scale_range, hflip, with_label):
+        self.crop_size, self.resize_width = tuple(crop_size), resize_width
+        self.scale_range, self.hflip, self.with_label = tuple(scale_range), hflip, with_label
+
+    def __call__(self, sample: dict[str, Any], rng) -> dict[str, Any]:
+        image = sample["image"]
+        h, w = image.shape[:2]
+        geom: WeakGeometry = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
+        label = sample.get("label") if self.with_label else None
+        crop, label_crop = apply_weak_geometry(geom, image, label)
+        out = {"image": image_to_tensor(crop), "geometry": geom.to_tensor(), "name": sample["name"]}
+        if label_crop is not None:
+            out["label"] = label_to_tensor(label_crop)
+        return out
+
+
+def source_reader(cfg):
+    d = cfg.data
+    return build_dataset(d.source, d.source_root, num_classes=d.num_classes, size=d.source_size, list_file=d.source_list)
+
+
+def target_reader(cfg, split: str | None = None, with_labels: bool = True, size="train"):
+    d = cfg.data
+    chosen = d.target_size if size == "train" else d.val_size if size == "val" else size
+    return build_dataset(
+        "cityscapes", d.target_root, split=split or d.target_split, num_classes=d.num_classes,
+        size=chosen, with_labels=with_labels,
+    )

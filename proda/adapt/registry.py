@@ -1,0 +1,14 @@
+"""Stage names (the config's ``stage`` key) and the classes that implement them."""
+from __future__ import annotations
+
+import torch
+
+from .supervised import SupervisedStage
+
+STAGES = {
+    "supervised": SupervisedStage,
+}
+
+
+def build_stage(cfg, device: torch.device):
+    return STAGES[cfg.stage](cfg, device)

@@ -1,0 +1,154 @@
+"""`proda <verb>`: a thin command line over the library.
+
+Expected problems (a wrong path, a bad config key, a corrupt file) are ProdaError: printed once, without a
+traceback, with exit status 2. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ProdaError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 192x96, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="proda", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one stage from a YAML config (resumes automatically)")
+    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=0.01 run.out_dir=runs/x")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="mIoU of a checkpoint, or of a folder of prediction PNGs")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a proda checkpoint")
+    src.add_argument("--predictions", help="folder of prediction PNGs (trainIds or label ids) named like the images")
+    e.add_argument("--dataset", required=True, choices=["cityscapes", "gta5", "synthia"])
+    e.add_argument("root", help="dataset root in its official layout")
+    e.add_argument("--split", default="val")
+    e.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None,
+                   help="protocol (default: the checkpoint's; 19 for --predictions)")
+    e.add_argument("--pred-format", choices=["auto", "trainid", "labelid"], default="auto")
+    e.add_argument("--input-size", type=_size, default=None, help="network input WxH (default: the checkpoint's)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", help="write the result as JSON")
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    c = dsub.add_parser("check", help="validate a dataset layout and print its class histogram")
+    c.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+    c.add_argument("root")
+    c.add_argument("--split", default=None, help="Cityscapes split (default train)")
+    c.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None)
+    c.add_argument("--json", help="write counts and problems as JSON")
+
+    s = sub.add_parser("synth", help="write the synthetic domain-shift benchmark (gta5/ + cityscapes/ layouts)")
+    s.add_argument("out")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=_size, default=None, help="image size WxH")
+    s.add_argument("--n-source", type=int, default=None)
+    s.add_argument("--n-target", type=int, default=None)
+    s.add_argument("--n-val", type=int, default=None)
+
+    m = sub.add_parser("demo", help="the end-to-end run on the synthetic benchmark, with a report")
+    m.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    m.add_argument("--data", default=None, help="existing folder with gta5/ and cityscapes/ (default: generate)")
+    m.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ProdaError as exc:
+        print(f"proda {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept, run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .config import load_config
+        from .engine.trainer import train
+
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, progress=not args.no_progress)
+        miou = result.final.get("miou")
+        print(f"{result.run_dir}: iteration {result.iteration}, target val mIoU "
+              f"{miou:.2f} (best {result.best_miou:.2f})" if miou is not None else f"{result.run_dir}: done")
+        return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "data" and args.data_command == "check":
+        from .data.check import run_check_command
+
+        num_classes = args.num_classes or (16 if args.dataset == "synthia" else 19)
+        return run_check_command(args.dataset, args.root, args.split, num_classes, args.json)
+    if args.command == "synth":
+        from .data.synthetic import write_benchmark
+
+        kwargs = {k: v for k, v in {"size": args.size, "n_source": args.n_source, "n_target": args.n_target,
+                                    "n_val": args.n_val}.items() if v is not None}
+        write_benchmark(args.out, seed=args.seed, **kwargs)
+        print(f"wrote {Path(args.out) / 'gta5'} and {Path(args.out) / 'cityscapes'}")
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, data=args.data, progress=not args.no_progress)
+        return 0
+    raise AssertionError(args.command)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .io import write_json
+
+    if args.predictions:
+        from .engine.evaluate import run_predictions_command
+
+        if args.dataset != "cityscapes":
+            raise ProdaError("--predictions scores against Cityscapes ground truth: use --dataset cityscapes")
+        return run_predictions_command(args.predictions, args.root, args.split, args.num_classes or 19, args.json,
+                                       pred_format=args.pred_format)
+
+    from .data.datasets import build_dataset
+    from .engine.inference import evaluate_model
+    from .engine.metrics import summarize
+    from .engine.trainer import resolve_device
+    from .models.checkpoints import load_trained_model
+
+    device = resolve_device(args.device)
+    model, meta = load_trained_model(args.checkpoint, device)
+    num_classes = meta["num_classes"]
+    if args.num_classes is not None and args.num_classes != num_classes:
+        raise ProdaError(f"{args.checkpoint}: a {num_classes}-class model cannot be scored as {args.num_classes} classes")
+    split = args.split if args.dataset == "cityscapes" else None  # GTA5/SYNTHIA are used whole
+    reader = build_dataset(args.dataset, args.root, split=split, num_classes=num_classes)
+    input_size = args.input_size or (tuple(meta["input"]["size"]) if meta["input"].get("size") else None)
+    cm = evaluate_model(model, reader, device, num_classes, input_size=input_size,
+                        mean=meta["input"]["mean"], std=meta["input"]["std"])
+    result = summarize(cm, num_classes)
+    print(cm.format_table(meta["class_names"]))
+    print(f"mIoU {result['miou']:.2f}" + (f"  (13 classes: {result['miou_13']:.2f})" if "miou_13" in result else ""))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

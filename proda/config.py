@@ -1,0 +1,347 @@
+"""Typed, validated settings: YAML files plus dotted command-line overrides, checked once.
+
+A config is a tree of frozen dataclasses. ``load_config(path, overrides)`` reads the YAML (following
+``_base_`` includes), applies ``key.sub=value`` overrides (values parsed as YAML), and builds the
+dataclasses, checking every key and type: an unknown key is an error that lists the valid ones, a value
+of the wrong type names the key and the expected type, and impossible values (batch 0, a crop larger
+than the image, a threshold outside [0, 1]) are refused before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+Size = tuple[int, int]  # (width, height), as image tools write it
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["gta5", "synthia"] = "gta5"
+    source_root: str = ""
+    source_list: Optional[str] = None  # GTA5 only: a list file of image names; default: every file in images/
+    source_size: Optional[Size] = None  # resize on load (W, H); None keeps the native size
+    target_root: str = ""  # a Cityscapes root
+    target_split: str = "train"
+    target_size: Optional[Size] = None
+    val_split: str = "val"
+    val_size: Optional[Size] = None  # evaluation input size; labels stay at full resolution
+    num_classes: Literal[19, 16, 13] = 19
+    crop_size: Size = (896, 512)
+    # Random rescaling of the weak view: the image is resized to width = U(scale_range) * resize_width
+    # (aspect kept), as ProDA's RandomSized(2200); resize_width None means the image's own width.
+    resize_width: Optional[int] = 2200
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    hflip: bool = True
+    batch_size: int = 4  # per process and per micro-batch
+    val_batch_size: int = 1
+    num_workers: int = 4
+    preflight_samples: int = 16  # files read and checked at start-up; 0 skips the check
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: Literal[18, 34, 50, 101] = 101
+    width: int = 64  # base channels of the ResNet (64 = standard); small values make CPU demos possible
+    head: Literal["proda", "deeplabv2"] = "proda"
+    head_mid: int = 256
+    dropout: float = 0.1
+    bn_pretrain: bool = False  # the extra BN before the head (used with self-supervised backbones)
+    init: Optional[str] = None  # a checkpoint to start from (see proda.models.checkpoints for formats)
+    init_format: Literal["auto", "proda", "original", "torchvision", "simclr"] = "auto"
+    # Input normalisation. ProDA feeds [0,1] RGB without ImageNet mean/std (METHOD.md 4.2).
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    iterations: int = 62412
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0  # the head (and bn_pretrain) learn 10x faster; 1.0 gives one group
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    poly_power: float = 0.9
+    # Poly schedule horizon in iterations; None = the run's length. The original used 90000 over 62412.
+    lr_horizon: Optional[int] = None
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    domain: Literal["source", "target"] = "source"  # target = the oracle (needs target labels)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 2  # checkpoints kept besides latest.pth and best.pth
+    log_every: int = 20
+    deterministic: bool = True
+    tensorboard: bool = True
+    eval_max_images: Optional[int] = None  # cap validation images (quick checks); None = the whole split
+    resume: bool = True  # continue from out_dir/latest.pth when it exists
+    max_nonfinite_steps: int = 5  # consecutive skipped steps (non-finite loss) before the run stops
+
+
+@dataclass(frozen=True)
+class Config:
+    stage: Literal["supervised"] = "supervised"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw: dict[str, Any] = _read_yaml_with_bases(Path(path)) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build_config(raw)
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def _read_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ include cycle")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: dict[str, Any] = {}
+    for base in bases:
+        _deep_merge(merged, _read_yaml_with_bases(path.parent / base, seen + (path,)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_merge(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Typed construction
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a section (mapping), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; valid keys in {where}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is Literal:
+        if value in args and type(value) is type(args[args.index(value)]):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+    if origin is tuple:
+        if isinstance(value, str) and "x" in value and all(a is int for a in args):
+            value = value.lower().split("x")  # "896x512"
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        if Ellipsis in args:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with dotted keys changed (``replace(cfg, **{"optim.lr": 0.1})``), validated."""
+    raw = cfg.to_dict()
+    for key, value in dotted.items():
+        _set_dotted(raw, key, value)
+    return build_config(raw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Values that type checks cannot catch
+
+
+def validate(cfg: Config) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    d, m, o, r = cfg.data, cfg.model, cfg.optim, cfg.run
+    need(d.batch_size >= 1, "data.batch_size", f"must be at least 1, got {d.batch_size}")
+    need(d.val_batch_size >= 1, "data.val_batch_size", f"must be at least 1, got {d.val_batch_size}")
+    need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    need(all(v > 0 for v in d.crop_size), "data.crop_size", f"must be positive, got {list(d.crop_size)}")
+    need(0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range", f"must be 0 < low <= high, got {list(d.scale_range)}")
+    for key in ("source_size", "target_size", "val_size"):
+        size = getattr(d, key)
+        need(size is None or all(v > 0 for v in size), f"data.{key}", f"must be positive, got {size}")
+    # The smallest rescaled image must still hold the crop (no padding in ProDA's weak view).
+    for key in ("source_size", "target_size"):
+        size = getattr(d, key)
+        if size is not None:
+            w, h = size
+            rw = d.resize_width if d.resize_width is not None else w
+            min_w = int(d.scale_range[0] * rw)
+            min_h = int(min_w * h / w)
+            need(
+                d.crop_size[0] <= min_w and d.crop_size[1] <= min_h,
+                "data.crop_size",
+                f"{list(d.crop_size)} is larger than the smallest rescaled {key.split('_')[0]} image "
+                f"({min_w}x{min_h} at scale {d.scale_range[0]})",
+            )
+    need(m.width >= 4, "model.width", f"must be at least 4, got {m.width}")
+    need(m.head_mid >= 8, "model.head_mid", f"must be at least 8, got {m.head_mid}")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    need(all(s > 0 for s in m.std), "model.std", f"must be positive, got {list(m.std)}")
+    need(o.iterations >= 1, "optim.iterations", f"must be at least 1, got {o.iterations}")
+    need(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    need(o.grad_accum >= 1, "optim.grad_accum", f"must be at least 1, got {o.grad_accum}")
+    need(o.lr_horizon is None or o.lr_horizon >= o.iterations, "optim.lr_horizon",
+         f"must be >= optim.iterations ({o.iterations}) or null, got {o.lr_horizon}")
+    need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    need(r.eval_every >= 1, "run.eval_every", f"must be at least 1, got {r.eval_every}")
+    need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be at least 1, got {r.checkpoint_every}")
+    need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
+    need(r.max_nonfinite_steps >= 1, "run.max_nonfinite_steps", f"must be at least 1, got {r.max_nonfinite_steps}")
+    need(r.log_every >= 1, "run.log_every", f"must be at least 1, got {r.log_every}")
+    need(bool(r.device), "run.device", "must name a device such as cpu, cuda or cuda:1")
+    if cfg.stage == "supervised" and cfg.supervised.domain == "source":
+        need(bool(d.source_root), "data.source_root", "is required to train on the source domain")
+    if cfg.stage == "supervised" and cfg.supervised.domain == "target":
+        need(bool(d.target_root), "data.target_root", "is required to train on the target domain")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,111 @@
+"""Training views that record their geometry, so maps aligned to one view can follow it exactly.
+
+The weak view (ProDA's RandomSized -> RandomCrop -> RandomHorizontallyFlip) is described by a
+:class:`WeakGeometry`: the rescaled size, the crop box in rescaled pixels and the flip. With it, any map
+computed on the full image (EMA features, soft pseudo labels) is carried into the crop by resampling only
+the crop window (:func:`full_to_weak`), never the whole map at the rescaled size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class WeakGeometry:
+    full_size: tuple[int, int]  # (W, H) of the image the view was cut from
+    scaled_size: tuple[int, int]  # (W, H) after the random rescale
+    crop_box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in rescaled pixels
+    flip: bool
+
+    def to_tensor(self) -> torch.Tensor:
+        """Packed as float64[9] so a DataLoader can batch it."""
+        return torch.tensor([*self.full_size, *self.scaled_size, *self.crop_box, float(self.flip)], dtype=torch.float64)
+
+    @staticmethod
+    def from_tensor(t: torch.Tensor) -> "WeakGeometry":
+        v = [int(round(float(x))) for x in t.tolist()]
+        return WeakGeometry((v[0], v[1]), (v[2], v[3]), (v[4], v[5], v[6], v[7]), bool(v[8]))
+
+
+def sample_weak_geometry(
+    rng: np.random.Generator,
+    full_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    resize_width: int | None,
+    scale_range: tuple[float, float],
+    hflip: bool,
+) -> WeakGeometry:
+    """Random rescale (width = U(scale_range) * resize_width, aspect kept), random crop, random flip."""
+    w, h = full_size
+    base = resize_width if resize_width is not None else w
+    sw = int(rng.uniform(scale_range[0], scale_range[1]) * base)
+    sh = int(sw * h / w)
+    cw, ch = crop_size
+    if sw < cw or sh < ch:  # the config check prevents this for known sizes; images of odd sizes are upscaled
+        factor = max(cw / sw, ch / sh)
+        sw, sh = int(np.ceil(sw * factor)), int(np.ceil(sh * factor))
+    x0 = int(rng.integers(0, sw - cw + 1))
+    y0 = int(rng.integers(0, sh - ch + 1))
+    flip = bool(hflip and rng.random() < 0.5)
+    return WeakGeometry((w, h), (sw, sh), (x0, y0, x0 + cw, y0 + ch), flip)
+
+
+def apply_weak_geometry(
+    geom: WeakGeometry, image: np.ndarray, label: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rescale (image bilinear, label nearest), crop and flip, as the original's weak augmentation."""
+    sw, sh = geom.scaled_size
+    x0, y0, x1, y1 = geom.crop_box
+    image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    if label is not None:
+        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)[y0:y1, x0:x1]
+    if geom.flip:
+        image = image[:, ::-1]
+        label = label[:, ::-1] if label is not None else None
+    image = np.ascontiguousarray(image)
+    label = np.ascontiguousarray(label) if label is not None else None
+    return image, label
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> float32 [3, H, W] in [0, 1] (ProDA's input range; normalisation is the model's)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def label_to_tensor(label: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(label)).long()
+
+
+def full_to_weak(maps: torch.Tensor, geoms: list[WeakGeometry], out_size: tuple[int, int]) -> torch.Tensor:
+    """Carry maps aligned to the full image ([B, C, h, w], any resolution) into each weak crop.
+
+    Convention (the one of the network's stride-8 outputs, upsampled with align_corners=True): a map of
+    n samples over a span of N pixels has its samples on pixel indices j*(N-1)/(n-1). The result is
+    [B, C, out_h, out_w] on the same convention over the crop, sampled bilinearly. Only the crop window
+    is resampled, so the cost does not depend on the random scale.
+    """
+    out_w, out_h = out_size
+    grids = []
+    for geom in geoms:
+        w, h = geom.full_size
+        sw, sh = geom.scaled_size
+        x0, y0, x1, y1 = geom.crop_box
+        gx = _crop_grid_to_full(out_w, x0, x1 - x0, sw, w)
+        gy = _crop_grid_to_full(out_h, y0, y1 - y0, sh, h)
+        if geom.flip:
+            gx = gx.flip(0)
+        grids.append(torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1))
+    grid = torch.stack(grids).to(device=maps.device, dtype=maps.dtype)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _crop_grid_to_full(n: int, start: int, length: int, scaled: int, full: int) -> torch.Tensor:
+    """Normalised full-image coordinates (align_corners=True) of n grid samples spanning a crop."""
+    t = torch.arange(n, dtype=torch.float64) * ((length - 1) / max(n - 1, 1))  # crop pixel index
+    u = (start + t + 0.5) * full / scaled - 0.5  # full-image pixel index (cv2's half-pixel rescale)
+    return u / max(full - 1, 1) * 2 - 1

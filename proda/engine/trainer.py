@@ -1,0 +1,321 @@
+"""The one training loop every stage runs through.
+
+It owns what is common to all stages: devices and precision, the deterministic data streams, the poly
+learning-rate schedule, gradient accumulation, non-finite loss handling, periodic evaluation, complete
+atomic checkpoints, automatic resume and metrics. What is learned, and how, is the stage's business
+(``proda.adapt``): the loop only sums the loss terms a stage's ``step`` returns.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Config, dump_yaml
+from ..errors import ConfigError, ProdaError
+from ..io import atomic_write, write_json
+from . import dist
+from .checkpoint import load_checkpoint, save_run_checkpoint
+from .data import training_loader
+from .inference import evaluate_model
+from .logger import MetricsWriter, read_metrics
+from .metrics import summarize
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    final: dict[str, Any]  # summarize() of the last evaluation
+    best_miou: float
+    wall_s: float  # training time of this invocation plus the recorded time of earlier ones
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"run.device: {name!r} is not a device name ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device: {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"run.device: {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"run.device: {name!r} requested but MPS is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def poly_factor(iteration: int, horizon: int, power: float) -> float:
+    return max(0.0, 1.0 - iteration / horizon) ** power
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], factor: float) -> dict[str, float]:
+    lrs = {}
+    for name, opt in optimizers.items():
+        for i, group in enumerate(opt.param_groups):
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * factor
+            lrs[f"lr/{name}/{group.get('name', i)}"] = group["lr"]
+    return lrs
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _stream_seed(seed: int, name: str) -> int:
+    return (seed * 1000003 + sum(ord(c) * 31**i for i, c in enumerate(name))) % 2**62
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stage_factory: Callable[[Config, torch.device], Any] | None = None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.run.device)
+        dist.init_from_env(cfg.run.device)
+        self.run_dir = Path(cfg.run.out_dir)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.run.seed)  # identical initial weights on every process
+        if stage_factory is None:
+            from ..adapt.registry import build_stage as stage_factory
+        self.stage = stage_factory(cfg, self.device)
+        self.val_reader = None
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self, iteration: int, best_miou: float, final: dict[str, Any], wall_s: float) -> dict[str, Any]:
+        s = self.stage
+        model = s.model
+        return {
+            "format": "proda",
+            "stage": self.cfg.stage,
+            "iteration": iteration,
+            "model": model.state_dict(),
+            "optimizer": s.optimizers["model"].state_dict() if "model" in s.optimizers else None,
+            "modules": {k: m.state_dict() for k, m in s.modules.items() if k != "model"},
+            "optimizers": {k: o.state_dict() for k, o in s.optimizers.items()},
+            "stage_state": s.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "best_miou": best_miou,
+            "last_eval": final,
+            "wall_s": wall_s,
+            "config": self.cfg.to_dict(),
+            "meta": model_meta(self.cfg),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        s = self.stage
+        s.model.load_state_dict(state["model"])
+        for k, sd in state.get("modules", {}).items():
+            s.modules[k].load_state_dict(sd)
+        for k, sd in state.get("optimizers", {}).items():
+            s.optimizers[k].load_state_dict(sd)
+        s.load_state_dict(state.get("stage_state", {}))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``optim.iterations`` (or pause after ``stop_after``, checkpointed, for tests and tools)."""
+        cfg, stage = self.cfg, self.stage
+        o, r = cfg.optim, cfg.run
+        self.scaler = torch.amp.GradScaler(self.device.type) if r.precision == "fp16" else None
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.precision)
+
+        start_iter, best_miou, final, wall_before = 0, -math.inf, {}, 0.0
+        latest = self.run_dir / "latest.pth"
+        if r.resume and latest.is_file():
+            state = load_checkpoint(latest, map_location=self.device)
+            if state.get("stage") != cfg.stage:
+                raise ProdaError(f"{latest}: holds a {state.get('stage')!r} run, not {cfg.stage!r}; use another run.out_dir")
+            self.load_state(state)
+            start_iter, best_miou = state["iteration"], state["best_miou"]
+            final, wall_before = state.get("last_eval", {}), state.get("wall_s", 0.0)
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.run_dir / "config.yaml", "w") as f:
+                f.write(dump_yaml(cfg))
+            _truncate_metrics(self.run_dir, start_iter)
+        if start_iter >= o.iterations:
+            return TrainResult(self.run_dir, start_iter, final, best_miou, wall_before)
+
+        writer = MetricsWriter(self.run_dir, tensorboard=r.tensorboard)
+        ws, bs, accum = dist.world_size(), cfg.data.batch_size, o.grad_accum
+        loaders = {
+            name: training_loader(ds, bs, _stream_seed(r.seed, name), start_step=start_iter * accum,
+                                  num_workers=cfg.data.num_workers, rank=dist.rank(), world_size=ws,
+                                  pin_memory=self.device.type == "cuda")
+            for name, ds in stage.streams.items()
+        }
+        horizon = o.lr_horizon or o.iterations
+        header = {
+            "stage": cfg.stage, "world_size": ws, "batch_per_device": bs, "grad_accum": accum,
+            "effective_batch": ws * bs * accum, "device": str(self.device), "precision": r.precision,
+            "iterations": o.iterations, "start_iteration": start_iter, "lr_horizon": horizon,
+            **set_learning_rates(stage.optimizers, poly_factor(start_iter, horizon, o.poly_power)),
+        }
+        if dist.is_main():
+            tqdm.write("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in header.items()))
+
+        t0 = time.time()
+        nonfinite_run = 0
+        bar = tqdm(total=o.iterations, initial=start_iter, desc=cfg.stage, dynamic_ncols=True,
+                   disable=not (self.progress and dist.is_main()))
+        sums: dict[str, float] = {}
+        count = 0
+        end = o.iterations if stop_after is None else min(o.iterations, stop_after)
+        for it in range(start_iter, end):
+            lrs = set_learning_rates(stage.optimizers, poly_factor(it, horizon, o.poly_power))
+            stage.train_mode()
+            step_losses: dict[str, float] = {}
+            finite = True
+            batch = {}
+            for _ in range(accum):
+                batch = {name: _to_device(next(loader), self.device) for name, loader in loaders.items()}
+                with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    losses = stage.step(batch, it)
+                total = sum(losses.values())
+                bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+                if bad:
+                    finite = False
+                    step_losses = {f"nonfinite/{k}": 1.0 for k in bad}
+                    break
+                scaled = total / accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                for k, v in losses.items():
+                    step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
+            if finite:
+                nonfinite_run = 0
+                for opt in stage.optimizers.values():
+                    if self.scaler is not None:
+                        self.scaler.step(opt)
+                    else:
+                        opt.step()
+                if self.scaler is not None:
+                    self.scaler.update()
+                extra = stage.after_step(batch, it)
+            else:
+                nonfinite_run += 1
+                extra = {}
+                terms = ", ".join(k.split("/", 1)[1] for k in step_losses)
+                tqdm.write(f"iteration {it + 1}: non-finite loss in {terms}; step skipped")
+                writer.write(it + 1, step_losses, kind="nonfinite")
+                if nonfinite_run >= r.max_nonfinite_steps:
+                    raise ProdaError(
+                        f"{nonfinite_run} consecutive non-finite losses (last in: {terms}); stopping. "
+                        f"Lower optim.lr or check the data; the last good checkpoint is {latest}"
+                    )
+            for opt in stage.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+
+            iteration = it + 1
+            for k, v in {**step_losses, **extra}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            if iteration % r.log_every == 0 or iteration == o.iterations:
+                means = {k: v / count for k, v in sums.items()}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in list(means.items())[:4]})
+                writer.write(iteration, {**means, **lrs, "sec_per_iter": (time.time() - t0) / (iteration - start_iter)})
+                sums, count = {}, 0
+
+            evaluate_now = iteration % r.eval_every == 0 or iteration == o.iterations
+            if evaluate_now:
+                final = self.evaluate()
+                writer.write(iteration, {"miou": final["miou"], **{f"iou/{k}": v for k, v in final["per_class_iou"].items() if v is not None}}, kind="val")
+                if dist.is_main():
+                    tqdm.write(f"iteration {iteration}: target val mIoU {final['miou']:.2f}")
+            is_best = evaluate_now and final["miou"] > best_miou
+            if is_best:
+                best_miou = final["miou"]
+            if evaluate_now or iteration % r.checkpoint_every == 0 or iteration == end:
+                if dist.is_main():
+                    wall = wall_before + time.time() - t0
+                    save_run_checkpoint(self.run_dir, self.state_dict(iteration, best_miou, final, wall),
+                                        iteration, r.keep_last, is_best)
+                dist.barrier()
+        bar.close()
+        writer.close()
+        wall = wall_before + time.time() - t0
+        if end < o.iterations:
+            return TrainResult(self.run_dir, end, final, best_miou, wall)
+        if dist.is_main():
+            write_json(self.run_dir / "result.json", {"iteration": o.iterations, "final": final,
+                                                      "best_miou": best_miou, "wall_s": wall})
+        return TrainResult(self.run_dir, o.iterations, final, best_miou, wall)
+
+    def evaluate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.val_reader is None:
+            from ..adapt.base import target_reader
+
+            self.val_reader = target_reader(cfg, split=cfg.data.val_split, with_labels=True, size=None)
+        cm = evaluate_model(self.stage.model, self.val_reader, self.device, cfg.data.num_classes,
+                            input_size=cfg.data.val_size, mean=cfg.model.mean, std=cfg.model.std,
+                            max_images=cfg.run.eval_max_images, progress=self.progress)
+        return summarize(cm, cfg.data.num_classes)
+
+
+def model_meta(cfg: Config) -> dict[str, Any]:
+    """What a checkpoint needs to be used on its own: classes, palette, architecture, input normalisation."""
+    from ..data.labels import class_names, palette
+
+    n = cfg.data.num_classes
+    return {
+        "num_classes": n,
+        "class_names": list(class_names(n)),
+        "palette": palette(n).tolist(),
+        "model": cfg.to_dict()["model"],
+        "input": {"range": "[0,1] RGB", "mean": list(cfg.model.mean), "std": list(cfg.model.std),
+                  "size": list(cfg.data.val_size) if cfg.data.val_size else None},
+    }
+
+
+def _truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """After a resume, drop metric rows newer than the checkpoint so the file tells one history."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    rows = [row for row in read_metrics(run_dir) if row.get("iteration", 0) <= iteration]
+    import json
+
+    with atomic_write(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: Config, progress: bool = True) -> TrainResult:
+    return Trainer(cfg, progress=progress).fit()

@@ -1,0 +1,173 @@
+"""Writers of tiny datasets in the exact official layouts, for tests (``from fixtures import write_gta5``).
+
+Every writer returns the ground-truth *raw* label arrays it wrote (GTA5 palette indices, SYNTHIA class ids,
+Cityscapes label ids), so a test can compare a reader's output with ``lut[raw]``.
+
+Images are not random noise: R = (raw label * 7) % 256, G = x * 4 % 256, B = 200. A test can therefore check
+that an image and its label are the same sample, aligned, and in RGB (not BGR) order: see ``expected_image``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from proda.data.labels import CITYSCAPES_LABELS, CITYSCAPES_MAX_ID, SYNTHIA_MAX_ID
+from proda.io import encode_palette_png, encode_png
+
+DEFAULT_SIZE = (32, 16)  # (W, H)
+DEFAULT_SPLIT_CITIES = {"train": ["aachen", "bochum"], "val": ["frankfurt"]}
+
+
+def put(path: str | Path, data: bytes) -> None:
+    """Write a fixture file directly: proda's atomic, fsync'ed writes would only slow the tests down."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> None:
+    """An 8-bit RGB PNG (or grey/16-bit, whatever ``rgb`` holds; see proda.io.encode_png)."""
+    put(path, encode_png(rgb))
+
+
+def gta5_palette() -> np.ndarray:
+    """[256, 3] palette of GTA5 labels: index = Cityscapes label id, colour = its Cityscapes colour."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for lab in CITYSCAPES_LABELS:
+        if lab.id >= 0:
+            pal[lab.id] = lab.color
+    return pal
+
+
+def expected_image(raw: np.ndarray) -> np.ndarray:
+    """The HxWx3 RGB image the writers store next to the raw label ``raw``."""
+    h, w = raw.shape
+    image = np.empty((h, w, 3), dtype=np.uint8)
+    image[..., 0] = (raw.astype(np.int64) * 7) % 256
+    image[..., 1] = (np.arange(w) * 4 % 256)[None, :]
+    image[..., 2] = 200
+    return image
+
+
+def random_ids(rng: np.random.Generator, size: tuple[int, int], ids: Iterable[int]) -> np.ndarray:
+    """HxW uint8 raw label of values drawn from ``ids``; ``size`` is (W, H)."""
+    return rng.choice(np.asarray(list(ids), dtype=np.uint8), size=(size[1], size[0]))
+
+
+def write_gta5_label(path: str | Path, raw: np.ndarray) -> None:
+    """A GTA5 label: 8-bit palette PNG (mode P) whose indices are the Cityscapes ids."""
+    put(path, encode_palette_png(raw, gta5_palette()))
+
+
+def write_synthia_label(path: str | Path, classes: np.ndarray, instances: np.ndarray | None = None) -> None:
+    """A SYNTHIA GT/LABELS file: 16-bit 3-channel PNG, class in R, instance in G, written by cv2 as BGR.
+
+    B holds a large value so that a reader taking the wrong channel sees ids far out of range.
+    """
+    h, w = classes.shape
+    if instances is None:
+        instances = (np.arange(h * w, dtype=np.uint16).reshape(h, w) * 37 + 300).astype(np.uint16)
+    rgb = np.stack([classes.astype(np.uint16), instances.astype(np.uint16), np.full((h, w), 60000, np.uint16)], -1)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    put(path, buf.tobytes())
+
+
+def write_cityscapes_label(path: str | Path, raw: np.ndarray) -> None:
+    """A Cityscapes ``*_gtFine_labelIds.png``: 8-bit grey (mode L) label ids."""
+    put(path, encode_png(np.asarray(raw, dtype=np.uint8)))
+
+
+def truncate(path: str | Path, keep: float = 0.5) -> None:
+    """Cut a file to ``keep`` of its bytes, like an interrupted copy."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def write_gta5(
+    root: str | Path,
+    n: int = 3,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    ids: Iterable[int] = range(CITYSCAPES_MAX_ID + 1),
+) -> dict[str, np.ndarray]:
+    """``root/images/NNNNN.png`` + ``root/labels/NNNNN.png`` (1-based, 5 digits); returns ``{name: raw ids}``."""
+    root, rng, ids = Path(root), np.random.default_rng(seed), list(ids)
+    out: dict[str, np.ndarray] = {}
+    for k in range(1, n + 1):
+        name = f"{k:05d}"
+        raw = random_ids(rng, size, ids)
+        write_image(root / "images" / f"{name}.png", expected_image(raw))
+        write_gta5_label(root / "labels" / f"{name}.png", raw)
+        out[name] = raw
+    return out
+
+
+def write_synthia(
+    root: str | Path,
+    n: int = 3,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    ids: Iterable[int] = range(SYNTHIA_MAX_ID + 1),
+) -> dict[str, np.ndarray]:
+    """``root/RGB/NNNNNNN.png`` + ``root/GT/LABELS/NNNNNNN.png`` (0-based, 7 digits); returns ``{name: class ids}``."""
+    root, rng, ids = Path(root), np.random.default_rng(seed), list(ids)
+    out: dict[str, np.ndarray] = {}
+    for k in range(n):
+        name = f"{k:07d}"
+        raw = random_ids(rng, size, ids)
+        write_image(root / "RGB" / f"{name}.png", expected_image(raw))
+        write_synthia_label(root / "GT" / "LABELS" / f"{name}.png", raw)
+        out[name] = raw
+    return out
+
+
+def cityscapes_paths(root: str | Path, split: str, name: str) -> tuple[Path, Path]:
+    """(image, labelIds) paths of the sample ``name`` (``<city>_<seq>_<frame>_leftImg8bit``)."""
+    root, city, stem = Path(root), name.split("_")[0], name[: -len("_leftImg8bit")]
+    return (
+        root / "leftImg8bit" / split / city / f"{name}.png",
+        root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+    )
+
+
+def write_cityscapes(
+    root: str | Path,
+    split_cities: dict[str, list[str]] | None = None,
+    per_city: int = 2,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    ids: Iterable[int] = range(CITYSCAPES_MAX_ID + 1),
+) -> dict[str, dict[str, np.ndarray]]:
+    """Cityscapes fine layout; returns ``{split: {"<city>_<seq>_<frame>_leftImg8bit": raw label ids}}``.
+
+    Besides ``*_gtFine_labelIds.png`` it writes the other gtFine files of the real download (``_color``,
+    16-bit ``_instanceIds``, ``_polygons.json``) so readers are tested to pick the right one.
+    Default cities: two in train (aachen, bochum), one in val (frankfurt).
+    """
+    root, rng, ids = Path(root), np.random.default_rng(seed), list(ids)
+    palette = gta5_palette()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, cities in (split_cities or DEFAULT_SPLIT_CITIES).items():
+        out[split] = {}
+        for city in cities:
+            for seq in range(per_city):
+                name = f"{city}_{seq:06d}_000019_leftImg8bit"
+                raw = random_ids(rng, size, ids)
+                image_path, label_path = cityscapes_paths(root, split, name)
+                write_image(image_path, expected_image(raw))
+                write_cityscapes_label(label_path, raw)
+                stem = str(label_path)[: -len("_labelIds.png")]
+                write_image(f"{stem}_color.png", palette[raw])
+                write_image(f"{stem}_instanceIds.png", raw.astype(np.uint16) * 1000 + 1)
+                Path(f"{stem}_polygons.json").write_text(
+                    json.dumps({"imgHeight": size[1], "imgWidth": size[0], "objects": []})
+                )
+                out[split][name] = raw
+    return out
