@@ -80,6 +80,18 @@ class SupervisedConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """Output-space adversarial warm-up (AdaptSegNet-style, METHOD.md 1.1)."""
+
+    adv_weight: float = 0.01
+    gan: Literal["ls", "vanilla"] = "ls"  # least-squares GAN (the original's --gan LS) or BCE-with-logits
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.9, 0.99)
+    disc_width: int = 64
+    freeze_bn: bool = True  # BN in eval mode with frozen affine parameters (--freeze_bn)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 1337
@@ -98,11 +110,12 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    stage: Literal["supervised"] = "supervised"
+    stage: Literal["supervised", "warmup"] = "supervised"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,6 +350,14 @@ def validate(cfg: Config) -> None:
     need(r.max_nonfinite_steps >= 1, "run.max_nonfinite_steps", f"must be at least 1, got {r.max_nonfinite_steps}")
     need(r.log_every >= 1, "run.log_every", f"must be at least 1, got {r.log_every}")
     need(bool(r.device), "run.device", "must name a device such as cpu, cuda or cuda:1")
+    w = cfg.warmup
+    need(w.adv_weight >= 0, "warmup.adv_weight", f"must be >= 0, got {w.adv_weight}")
+    need(w.disc_lr > 0, "warmup.disc_lr", f"must be positive, got {w.disc_lr}")
+    need(w.disc_width >= 1, "warmup.disc_width", f"must be at least 1, got {w.disc_width}")
+    if cfg.stage != "supervised" or cfg.supervised.domain == "source":
+        need(bool(d.source_root), "data.source_root", f"is required by the {cfg.stage} stage")
+    if cfg.stage != "supervised":
+        need(bool(d.target_root), "data.target_root", f"is required by the {cfg.stage} stage")
     if cfg.stage == "supervised" and cfg.supervised.domain == "source":
         need(bool(d.source_root), "data.source_root", "is required to train on the source domain")
     if cfg.stage == "supervised" and cfg.supervised.domain == "target":

@@ -195,7 +195,7 @@ def test_many_unpaired_files_are_summarised(tmp_path: Path) -> None:
     write_gta5(tmp_path, n=9)
     for k in range(2, 10):
         (tmp_path / "labels" / f"{k:05d}.png").unlink()
-    with pytest.raises(DataError, match=r"8 unpaired file\(s\)[\s\S]*and 3 more"):
+    with pytest.raises(DataError, match=r"8 unpaired or missing file\(s\)[\s\S]*and 3 more"):
         GTA5Dataset(tmp_path)
 
 

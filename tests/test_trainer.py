@@ -110,3 +110,16 @@ def test_nonfinite_losses_skip_steps_then_stop(tiny_data, tmp_path):
         trainer.fit()
     after = params(trainer.stage.model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # skipped steps changed nothing
+
+
+def test_preflight_names_a_broken_file_before_training(tiny_data, tmp_path):
+    import shutil
+
+    from fixtures import truncate
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    truncate(data / "gta5" / "labels" / "00001.png")
+    with pytest.raises(ProdaError, match=r"(?s)source training data: 1 problem.*00001\.png"):
+        train(tiny_config(data, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "latest.pth").exists()

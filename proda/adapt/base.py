@@ -26,6 +26,23 @@ class Stage:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.streams: dict[str, AugmentedDataset] = {}  # name -> training dataset, batched by the trainer
 
+    def add_segmentation_model(self) -> nn.Module:
+        """The network being trained as ``modules['model']`` (initialised from ``model.init`` if set),
+        with its SGD optimizer: backbone at ``optim.lr``, head at ``optim.head_lr_mult`` times that."""
+        from ..models.build import build_model
+        from ..models.checkpoints import initialize_model
+
+        cfg = self.cfg
+        net = build_model(cfg.model, cfg.data.num_classes)
+        if cfg.model.init:
+            initialize_model(net, cfg.model.init, cfg.model.init_format)
+        self.modules["model"] = net.to(self.device)
+        self.optimizers["model"] = torch.optim.SGD(
+            net.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult),
+            lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        )
+        return net
+
     @property
     def model(self) -> nn.Module:
         return self.modules["model"]

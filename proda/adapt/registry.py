@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from .supervised import SupervisedStage
+from .warmup import WarmupStage
 
 STAGES = {
     "supervised": SupervisedStage,
+    "warmup": WarmupStage,
 }
 
 

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
 from ..engine.data import AugmentedDataset
-from ..models.build import build_model, normalize, upsample
-from ..models.checkpoints import initialize_model
+from ..models.build import normalize, upsample
 from .base import Stage, source_reader, target_reader, weak_view_fn
 
 
@@ -28,16 +27,9 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class SupervisedStage(Stage):
     name = "supervised"
 
-    def __init__(self, cfg, device: torch.device, model: torch.nn.Module | None = None):
+    def __init__(self, cfg, device: torch.device):
         super().__init__(cfg, device)
-        net = model if model is not None else build_model(cfg.model, cfg.data.num_classes)
-        if model is None and cfg.model.init:
-            initialize_model(net, cfg.model.init, cfg.model.init_format)
-        self.modules["model"] = net.to(device)
-        groups = net.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult)
-        self.optimizers["model"] = torch.optim.SGD(
-            groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-        )
+        self.add_segmentation_model()
         self.domain = cfg.supervised.domain
         reader = source_reader(cfg) if self.domain == "source" else target_reader(cfg, with_labels=True)
         self.streams[self.domain] = AugmentedDataset(reader, weak_view_fn(cfg))

@@ -74,7 +74,7 @@ def _require_dir(path: Path, what: str) -> Path:
 def _format_problems(root: Path, problems: list[str]) -> str:
     shown = "\n  ".join(problems[:_LIST_AT_MOST])
     more = f"\n  ... and {len(problems) - _LIST_AT_MOST} more" if len(problems) > _LIST_AT_MOST else ""
-    return f"{root}: {len(problems)} unpaired file(s) (run `proda data check` for the full list):\n  {shown}{more}"
+    return f"{root}: {len(problems)} unpaired or missing file(s) (run `proda data check` for the full list):\n  {shown}{more}"
 
 
 class SegmentationDataset:

@@ -63,7 +63,7 @@ def apply_weak_geometry(
     x0, y0, x1, y1 = geom.crop_box
     image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
     if label is not None:
-        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)[y0:y1, x0:x1]
+        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)[y0:y1, x0:x1]
     if geom.flip:
         image = image[:, ::-1]
         label = label[:, ::-1] if label is not None else None

@@ -170,6 +170,7 @@ class Trainer:
             _truncate_metrics(self.run_dir, start_iter)
         if start_iter >= o.iterations:
             return TrainResult(self.run_dir, start_iter, final, best_miou, wall_before)
+        self.preflight()
 
         writer = MetricsWriter(self.run_dir, tensorboard=r.tensorboard)
         ws, bs, accum = dist.world_size(), cfg.data.batch_size, o.grad_accum
@@ -277,13 +278,27 @@ class Trainer:
                                                       "best_miou": best_miou, "wall_s": wall})
         return TrainResult(self.run_dir, o.iterations, final, best_miou, wall)
 
-    def evaluate(self) -> dict[str, Any]:
-        cfg = self.cfg
+    def preflight(self) -> None:
+        """Decode a sample of every dataset the run reads before spending hours on it."""
+        n = self.cfg.data.preflight_samples
+        if n <= 0 or not dist.is_main():
+            return
+        from ..data.check import preflight
+
+        for name, stream in self.stage.streams.items():
+            preflight(stream.reader, n, f"{name} training data")
+        preflight(self._val_reader(), n, "target validation data")
+
+    def _val_reader(self):
         if self.val_reader is None:
             from ..adapt.base import target_reader
 
-            self.val_reader = target_reader(cfg, split=cfg.data.val_split, with_labels=True, size=None)
-        cm = evaluate_model(self.stage.model, self.val_reader, self.device, cfg.data.num_classes,
+            self.val_reader = target_reader(self.cfg, split=self.cfg.data.val_split, with_labels=True, size=None)
+        return self.val_reader
+
+    def evaluate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        cm = evaluate_model(self.stage.model, self._val_reader(), self.device, cfg.data.num_classes,
                             input_size=cfg.data.val_size, mean=cfg.model.mean, std=cfg.model.std,
                             max_images=cfg.run.eval_max_images, progress=self.progress)
         return summarize(cm, cfg.data.num_classes)

@@ -1,0 +1,230 @@
+"""Class prototypes: per-image class-mean features and the bank that averages them (METHOD.md §1.3, §2.1.11).
+
+The original keeps ``objective_vectors [C,256]`` and ``objective_vectors_num [C]`` and updates them one
+(image, class) mean at a time. :class:`PrototypeBank` does the same arithmetic, vectorised over classes and
+sequential over images in batch order, so the numbers match the original's loop:
+
+* initialisation (``calc_prototype.py``): running mean ``η_k ← (η_k·n_k + v)/(n_k+1)``, ``n_k ← min(n_k+1, 3000)``;
+* training (``--moving_prototype``): ``η_k ← (1−m)·η_k + m·v`` with m = 1e-4, up to B updates per class per
+  iteration, classes absent from an image untouched.
+
+Classes never seen keep a zero prototype (finite, so distances and softmaxes stay finite; a zero prototype
+is simply far from every real feature). :meth:`PrototypeBank.unseen_classes` lists them so the caller can warn.
+
+Distributed training: each process computes ``class_mean_features`` on its own images, then
+:func:`gather_class_means` concatenates all processes' results in rank order, so every process applies the
+same B·N sequential updates a single process with the whole batch would, and the banks stay identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..data.labels import IGNORE_INDEX
+from ..errors import CheckpointError
+from ..io import atomic_write
+
+__all__ = ["class_mean_features", "gather_class_means", "PrototypeBank"]
+
+FORMAT = "proda-prototypes-1"
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):
+        return contextlib.nullcontext()
+
+
+def class_mean_features(
+    feat: torch.Tensor,
+    assign: torch.Tensor,
+    num_classes: int,
+    min_pixels: int = 10,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, per class, the mean feature of the pixels assigned to it: ([B,C,D] float32, [B,C] bool).
+
+    ``feat`` is [B,D,H,W], ``assign`` [B,H,W] class ids (the EMA argmax in ProDA; ``ignore_index`` pixels are
+    skipped; other values must lie in [0, num_classes)). A class is *present* in an image when it has at least ``min_pixels`` pixels (the original's
+    10, which keeps a few stray pixels from dragging a prototype); means of absent classes are 0. One batched
+    matrix product with a one-hot assignment, no loop over classes, float32 whatever the autocast state.
+
+    (The original also skips a mean vector whose components sum to exactly 0; for real features that is a
+    measure-zero event and is not reproduced.)
+    """
+    if feat.dim() != 4 or assign.shape != (feat.shape[0], *feat.shape[2:]):
+        raise ValueError(f"expected feat [B,D,H,W] and assign [B,H,W], got {tuple(feat.shape)} and {tuple(assign.shape)}")
+    b, d = feat.shape[:2]
+    with _no_autocast(feat.device):
+        f = feat.float().reshape(b, d, -1)  # [B,D,N]
+        a = assign.to(device=feat.device, dtype=torch.long).reshape(b, -1)
+        a = torch.where(a == ignore_index, torch.full_like(a, num_classes), a)  # extra bin, dropped below
+        onehot = torch.nn.functional.one_hot(a, num_classes + 1).to(torch.float32)  # [B,N,C+1]
+        sums = torch.bmm(f, onehot)[:, :, :num_classes].transpose(1, 2)  # [B,C,D]
+        counts = onehot.sum(dim=1)[:, :num_classes]  # [B,C], exact integers in float32 up to 2^24 px
+    present = counts >= max(int(min_pixels), 1)
+    means = torch.where(present.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), torch.zeros((), device=sums.device))
+    return means, present
+
+
+def gather_class_means(means: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All-gather per-process class means in rank order: [B,C,D],[B,C] -> [world·B,C,D],[world·B,C].
+
+    Identity when torch.distributed is not initialised (or has one process). Every process must pass the same
+    B (equal per-rank batches, as the trainer's data streams give), otherwise all_gather fails.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return means, present
+    world = dist.get_world_size()
+    means = means.contiguous()
+    flags = present.to(torch.uint8).contiguous()  # bool all_gather is not supported by every backend
+    all_means = [torch.empty_like(means) for _ in range(world)]
+    all_flags = [torch.empty_like(flags) for _ in range(world)]
+    dist.all_gather(all_means, means)
+    dist.all_gather(all_flags, flags)
+    return torch.cat(all_means, 0), torch.cat(all_flags, 0).bool()
+
+
+class PrototypeBank:
+    """Prototypes η [C,D] (float32) with the original's initial-accumulation counts n [C] (capped at 3000).
+
+    ``initialized[k]`` is True once class k received at least one mean (from either update); unseen classes
+    keep a zero prototype. ``provenance`` holds where the prototypes came from (set by :meth:`save`/:meth:`load`).
+    """
+
+    def __init__(
+        self, num_classes: int, dim: int, device: torch.device | str | None = None, count_cap: int = 3000
+    ) -> None:
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"num_classes and dim must be positive, got {num_classes} and {dim}")
+        self.num_classes, self.dim, self.count_cap = int(num_classes), int(dim), int(count_cap)
+        self.prototypes = torch.zeros(self.num_classes, self.dim, dtype=torch.float32, device=device)
+        self.counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        self.initialized = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
+        self.provenance: dict[str, Any] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.prototypes.device
+
+    def to(self, device: torch.device | str) -> "PrototypeBank":
+        self.prototypes = self.prototypes.to(device)
+        self.counts = self.counts.to(device)
+        self.initialized = self.initialized.to(device)
+        return self
+
+    def unseen_classes(self) -> list[int]:
+        """Classes that never received a mean (zero prototype): worth a warning at stage start."""
+        return [int(k) for k in torch.nonzero(~self.initialized).flatten().tolist()]
+
+    def _check(self, means: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if means.dim() != 3 or means.shape[1:] != (self.num_classes, self.dim) or present.shape != means.shape[:2]:
+            raise ValueError(
+                f"expected means [B,{self.num_classes},{self.dim}] and present [B,{self.num_classes}], "
+                f"got {tuple(means.shape)} and {tuple(present.shape)}"
+            )
+        return means.detach().to(device=self.device, dtype=torch.float32), present.to(device=self.device, dtype=torch.bool)
+
+    @torch.no_grad()
+    def accumulate_initial(self, means: torch.Tensor, present: torch.Tensor) -> None:
+        """The original's ``calc_prototype`` running mean, one image at a time in batch order.
+
+        ``η_k ← (η_k·n_k + v)/(n_k+1)`` then ``n_k ← min(n_k+1, cap)``: an exact mean of the first ``cap``
+        vectors, after which each new vector still enters with weight 1/(cap+1).
+        """
+        means, present = self._check(means, present)
+        for v, p in zip(means, present):
+            n = self.counts.to(torch.float32).unsqueeze(1)
+            updated = (self.prototypes * n + v) / (n + 1)
+            self.prototypes = torch.where(p.unsqueeze(1), updated, self.prototypes)
+            self.counts = torch.where(p, (self.counts + 1).clamp_max(self.count_cap), self.counts)
+            self.initialized |= p
+
+    @torch.no_grad()
+    def momentum_update(self, means: torch.Tensor, present: torch.Tensor, momentum: float = 1e-4) -> None:
+        """The training-time moving average ``η_k ← (1−m)·η_k + m·v``, one image at a time in batch order.
+
+        A class present in several images moves several times per call, as in the original; absent classes
+        are untouched. ``counts`` (initialisation bookkeeping) is left as is.
+        """
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"prototype momentum must be in [0, 1], got {momentum}")
+        means, present = self._check(means, present)
+        for v, p in zip(means, present):
+            updated = self.prototypes * (1.0 - momentum) + momentum * v
+            self.prototypes = torch.where(p.unsqueeze(1), updated, self.prototypes)
+            self.initialized |= p
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "count_cap": self.count_cap,
+            "prototypes": self.prototypes.detach().cpu().clone(),
+            "counts": self.counts.cpu().clone(),
+            "initialized": self.initialized.cpu().clone(),
+            "provenance": dict(self.provenance),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        protos = torch.as_tensor(state["prototypes"], dtype=torch.float32)
+        if tuple(protos.shape) != (self.num_classes, self.dim):
+            raise CheckpointError(
+                f"prototypes of shape {tuple(protos.shape)} do not fit {self.num_classes} classes × {self.dim} channels"
+            )
+        if not bool(torch.isfinite(protos).all()):
+            raise CheckpointError("prototypes contain non-finite values")
+        self.prototypes = protos.to(self.device).clone()
+        self.counts = torch.as_tensor(state.get("counts", torch.zeros(self.num_classes)), dtype=torch.long).to(self.device)
+        init = state.get("initialized")
+        self.initialized = (
+            torch.as_tensor(init, dtype=torch.bool).to(self.device) if init is not None else (self.prototypes != 0).any(1)
+        )
+        self.count_cap = int(state.get("count_cap", self.count_cap))
+        self.provenance = dict(state.get("provenance", {}))
+
+    def save(self, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> None:
+        """Write the bank atomically; ``provenance`` (checkpoint, iteration, dataset, ...) is stored with it.
+
+        A ``date`` (UTC, ISO 8601) is added when the provenance has none.
+        """
+        prov = {**self.provenance, **(provenance or {})}
+        prov.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.provenance = prov
+        with atomic_write(path, "wb") as f:
+            torch.save(self.state_dict(), f)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: torch.device | str = "cpu") -> "PrototypeBank":
+        """Read a bank written by :meth:`save`, or the original's bare ``torch.save(tensor[C,D])`` file.
+
+        For a bare tensor, counts are unknown (0) and a class counts as initialised when its row is non-zero.
+        """
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: prototype file not found") from None
+        except Exception as exc:  # torn, truncated or not a torch file
+            raise CheckpointError(f"{path}: not a readable prototype file ({exc})") from None
+        if isinstance(obj, torch.Tensor):
+            if obj.dim() != 2:
+                raise CheckpointError(f"{path}: expected a [C,D] prototype tensor, got shape {tuple(obj.shape)}")
+            obj = {"prototypes": obj, "provenance": {"source": str(path), "format": "original [C,D] tensor"}}
+        if not isinstance(obj, dict) or "prototypes" not in obj:
+            raise CheckpointError(f"{path}: not a prototype file (no 'prototypes' entry)")
+        protos = obj["prototypes"]
+        num_classes = int(obj.get("num_classes", protos.shape[0]))
+        dim = int(obj.get("dim", protos.shape[1]))
+        bank = cls(num_classes, dim, device=map_location)
+        try:
+            bank.load_state_dict(obj)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        return bank
