@@ -92,6 +92,30 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True)
+class Stage1Config:
+    """Online prototypical denoising + structure learning (METHOD.md 2.1); defaults are the original's."""
+
+    soft_labels: str = ""  # folder written by `proda pseudo-label --soft` (the warm-up model's softmax)
+    prototypes: str = ""  # file written by `proda prototypes`
+    temperature: float = 1.0  # multiplies the negative distances in the rectification/assignment softmax
+    pseudo_threshold: float = 0.0  # the original's train_thred: 0 ignores no pixel
+    sce_alpha: float = 0.1
+    sce_beta: float = 1.0
+    regular_weight: float = 0.1  # 0.1 for GTA5, 0 for SYNTHIA
+    consistency_weight: float = 10.0
+    ema_momentum: float = 0.999
+    # The original never puts its EMA in eval mode (BN batch statistics and dropout on the prototype
+    # features). Default off: the EMA is a teacher, and eval mode makes it deterministic; true reproduces
+    # the released numbers' setting.
+    ema_train_mode: bool = False
+    prototype_momentum: float = 1e-4  # 1 - lambda, lambda = 0.9999
+    prototype_min_pixels: int = 10
+    loss_stride: int = 4  # target losses live on the crop/4 grid, as the original
+    strong_ops: int = 2  # RandAugment ops per strong view
+    cutout: bool = True
+
+
+@dataclass(frozen=True)
 class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 1337
@@ -110,12 +134,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    stage: Literal["supervised", "warmup"] = "supervised"
+    stage: Literal["supervised", "warmup", "stage1"] = "supervised"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,6 +379,15 @@ def validate(cfg: Config) -> None:
     need(w.adv_weight >= 0, "warmup.adv_weight", f"must be >= 0, got {w.adv_weight}")
     need(w.disc_lr > 0, "warmup.disc_lr", f"must be positive, got {w.disc_lr}")
     need(w.disc_width >= 1, "warmup.disc_width", f"must be at least 1, got {w.disc_width}")
+    s1 = cfg.stage1
+    need(0.0 <= s1.pseudo_threshold <= 1.0, "stage1.pseudo_threshold", f"must be in [0, 1], got {s1.pseudo_threshold}")
+    need(0.0 <= s1.ema_momentum < 1.0, "stage1.ema_momentum", f"must be in [0, 1), got {s1.ema_momentum}")
+    need(0.0 <= s1.prototype_momentum <= 1.0, "stage1.prototype_momentum", f"must be in [0, 1], got {s1.prototype_momentum}")
+    need(s1.loss_stride >= 1, "stage1.loss_stride", f"must be at least 1, got {s1.loss_stride}")
+    need(s1.temperature > 0, "stage1.temperature", f"must be positive, got {s1.temperature}")
+    if cfg.stage == "stage1":
+        need(bool(s1.soft_labels), "stage1.soft_labels", "is required (a folder from `proda pseudo-label --soft`)")
+        need(bool(s1.prototypes), "stage1.prototypes", "is required (a file from `proda prototypes`)")
     if cfg.stage != "supervised" or cfg.supervised.domain == "source":
         need(bool(d.source_root), "data.source_root", f"is required by the {cfg.stage} stage")
     if cfg.stage != "supervised":

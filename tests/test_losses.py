@@ -281,7 +281,8 @@ def test_distillation_by_hand():
     close(orig, torch.tensor(-0.5311675723))
     (kl + orig).backward()
     assert teacher.grad is None and student.grad is not None
-    # d'kl'/ds = (p_s − t)/2 = [-.125, .125]; d'original'/ds = −(1/2)·J_softmax·t = −½·p(t − Σp t) = [-1/16, 1/16]
+    # d'kl'/ds = (p_s − t)/2 = [-.125, .125]
+    # d'original'/ds = −½·J_softmax·t = −½·p·(t − Σ p t) = [-1/16, 1/16]
     close(student.grad.flatten(), torch.tensor([-0.1875, 0.1875]))
 
 

@@ -119,7 +119,8 @@ def test_gather_concatenates_in_rank_order_like_one_big_batch(monkeypatch):
 
 def bank_1d(values) -> PrototypeBank:
     bank = PrototypeBank(len(values), 1)
-    bank.load_state_dict({"prototypes": torch.tensor(values).reshape(-1, 1), "initialized": torch.ones(len(values), dtype=torch.bool)})
+    protos, seen = torch.tensor(values).reshape(-1, 1), torch.ones(len(values), dtype=torch.bool)
+    bank.load_state_dict({"prototypes": protos, "initialized": seen})
     return bank
 
 
@@ -151,7 +152,8 @@ def test_momentum_update_default_and_unseen_classes_stay_finite():
 def test_accumulate_initial_running_mean():
     # class 0 sees 1, 2, 3 (one per image, two calls) -> mean 2, n = 3; class 1 sees 10 once; class 2 never.
     bank = PrototypeBank(3, 1)
-    bank.accumulate_initial(torch.tensor([[1.0, 10.0, 0.0], [2.0, 0.0, 0.0]]).reshape(2, 3, 1), torch.tensor([[True, True, False], [True, False, False]]))
+    first = torch.tensor([[1.0, 10.0, 0.0], [2.0, 0.0, 0.0]]).reshape(2, 3, 1)
+    bank.accumulate_initial(first, torch.tensor([[True, True, False], [True, False, False]]))
     bank.accumulate_initial(torch.tensor([[3.0, 0.0, 0.0]]).reshape(1, 3, 1), torch.tensor([[True, False, False]]))
     assert bank.prototypes.flatten().tolist() == [2.0, 10.0, 0.0]
     assert bank.counts.tolist() == [3, 1, 0]

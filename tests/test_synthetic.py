@@ -17,6 +17,12 @@ VALID_IDS = {lab.id for lab in CITYSCAPES_LABELS if lab.id >= 0}
 LUT = cityscapes_lut(19)
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch) -> None:
+    """Durability is io.py's business (and its tests'); here every fsync would only wait on a busy disk."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
 def _write(out: Path, **kw) -> dict:
     args = dict(seed=0, size=SMALL, n_source=3, n_target=4, n_val=2, progress=False)
     args.update(kw)

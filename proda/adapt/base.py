@@ -60,6 +60,14 @@ class Stage:
         """After the optimizer step (EMA, moving prototypes); may return metrics to log."""
         return {}
 
+    def eval_metrics(self) -> dict[str, float]:
+        """Stage-specific figures logged with each evaluation (e.g. pseudo-label quality)."""
+        return {}
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Stage-specific figures measured once when the stage completes; stored in result.json."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Extra state beyond modules and optimizers (prototypes, counters)."""
         return {}

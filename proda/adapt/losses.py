@@ -104,7 +104,9 @@ def prototype_distances(feat: torch.Tensor, prototypes: torch.Tensor, eps: float
     negligible for the softmaxes these distances feed.
     """
     if feat.dim() != 4 or prototypes.dim() != 2 or feat.shape[1] != prototypes.shape[1]:
-        raise ValueError(f"expected feat [B,D,H,W] and prototypes [C,D], got {tuple(feat.shape)} and {tuple(prototypes.shape)}")
+        raise ValueError(
+            f"expected feat [B,D,H,W] and prototypes [C,D], got {tuple(feat.shape)} and {tuple(prototypes.shape)}"
+        )
     f = feat.float()
     p = prototypes.to(device=f.device, dtype=torch.float32)
     f_sq = (f * f).sum(dim=1, keepdim=True)  # [B,1,H,W]
@@ -172,7 +174,9 @@ def symmetric_cross_entropy(
     gives NaN for the CE there).
     """
     if logits.dim() != 4 or labels.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"expected logits [B,C,H,W] and labels [B,H,W], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits [B,C,H,W] and labels [B,H,W], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
     logits = logits.float()
     labels = labels.to(device=logits.device, dtype=torch.long)
     valid = labels != ignore_index
@@ -227,7 +231,9 @@ def prototype_consistency_kl(
         )
     d_s = prototype_distances(student_feat, prototypes.detach())
     if teacher_distances_strong.shape != d_s.shape:
-        raise ValueError(f"teacher distances {tuple(teacher_distances_strong.shape)} vs student grid {tuple(d_s.shape)}")
+        raise ValueError(
+            f"teacher distances {tuple(teacher_distances_strong.shape)} vs student grid {tuple(d_s.shape)}"
+        )
     mask = _pixel_mask(valid, d_s)
     with torch.no_grad():
         d_t = teacher_distances_strong.detach().to(device=d_s.device, dtype=torch.float32)
@@ -258,7 +264,9 @@ def distillation_kl(
     gets no gradient.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ")
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ"
+        )
     s = student_logits.float()
     with torch.no_grad():
         t = F.softmax(teacher_logits.detach().to(device=s.device, dtype=torch.float32), dim=1)

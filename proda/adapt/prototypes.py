@@ -4,7 +4,8 @@ The original keeps ``objective_vectors [C,256]`` and ``objective_vectors_num [C]
 (image, class) mean at a time. :class:`PrototypeBank` does the same arithmetic, vectorised over classes and
 sequential over images in batch order, so the numbers match the original's loop:
 
-* initialisation (``calc_prototype.py``): running mean ``η_k ← (η_k·n_k + v)/(n_k+1)``, ``n_k ← min(n_k+1, 3000)``;
+* initialisation (``calc_prototype.py``): running mean ``η_k ← (η_k·n_k + v)/(n_k+1)``,
+  ``n_k ← min(n_k+1, 3000)``;
 * training (``--moving_prototype``): ``η_k ← (1−m)·η_k + m·v`` with m = 1e-4, up to B updates per class per
   iteration, classes absent from an image untouched.
 
@@ -50,16 +51,19 @@ def class_mean_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, per class, the mean feature of the pixels assigned to it: ([B,C,D] float32, [B,C] bool).
 
-    ``feat`` is [B,D,H,W], ``assign`` [B,H,W] class ids (the EMA argmax in ProDA; ``ignore_index`` pixels are
-    skipped; other values must lie in [0, num_classes)). A class is *present* in an image when it has at least ``min_pixels`` pixels (the original's
-    10, which keeps a few stray pixels from dragging a prototype); means of absent classes are 0. One batched
-    matrix product with a one-hot assignment, no loop over classes, float32 whatever the autocast state.
+    ``feat`` is [B,D,H,W], ``assign`` [B,H,W] class ids (the EMA argmax in ProDA; ``ignore_index`` pixels
+    are skipped; other values must lie in [0, num_classes)). A class is *present* in an image when it has at
+    least ``min_pixels`` pixels (the original's 10, which keeps a few stray pixels from dragging a
+    prototype); means of absent classes are 0. One batched matrix product with a one-hot assignment, no loop
+    over classes, float32 whatever the autocast state.
 
     (The original also skips a mean vector whose components sum to exactly 0; for real features that is a
     measure-zero event and is not reproduced.)
     """
     if feat.dim() != 4 or assign.shape != (feat.shape[0], *feat.shape[2:]):
-        raise ValueError(f"expected feat [B,D,H,W] and assign [B,H,W], got {tuple(feat.shape)} and {tuple(assign.shape)}")
+        raise ValueError(
+            f"expected feat [B,D,H,W] and assign [B,H,W], got {tuple(feat.shape)} and {tuple(assign.shape)}"
+        )
     b, d = feat.shape[:2]
     with _no_autocast(feat.device):
         f = feat.float().reshape(b, d, -1)  # [B,D,N]
@@ -69,7 +73,8 @@ def class_mean_features(
         sums = torch.bmm(f, onehot)[:, :, :num_classes].transpose(1, 2)  # [B,C,D]
         counts = onehot.sum(dim=1)[:, :num_classes]  # [B,C], exact integers in float32 up to 2^24 px
     present = counts >= max(int(min_pixels), 1)
-    means = torch.where(present.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), torch.zeros((), device=sums.device))
+    means = sums / counts.clamp_min(1).unsqueeze(-1)
+    means = torch.where(present.unsqueeze(-1), means, torch.zeros((), device=means.device))
     return means, present
 
 
@@ -129,7 +134,8 @@ class PrototypeBank:
                 f"expected means [B,{self.num_classes},{self.dim}] and present [B,{self.num_classes}], "
                 f"got {tuple(means.shape)} and {tuple(present.shape)}"
             )
-        return means.detach().to(device=self.device, dtype=torch.float32), present.to(device=self.device, dtype=torch.bool)
+        means = means.detach().to(device=self.device, dtype=torch.float32)
+        return means, present.to(device=self.device, dtype=torch.bool)
 
     @torch.no_grad()
     def accumulate_initial(self, means: torch.Tensor, present: torch.Tensor) -> None:
@@ -177,16 +183,19 @@ class PrototypeBank:
         protos = torch.as_tensor(state["prototypes"], dtype=torch.float32)
         if tuple(protos.shape) != (self.num_classes, self.dim):
             raise CheckpointError(
-                f"prototypes of shape {tuple(protos.shape)} do not fit {self.num_classes} classes × {self.dim} channels"
+                f"prototypes of shape {tuple(protos.shape)} do not fit "
+                f"{self.num_classes} classes × {self.dim} channels"
             )
         if not bool(torch.isfinite(protos).all()):
             raise CheckpointError("prototypes contain non-finite values")
         self.prototypes = protos.to(self.device).clone()
-        self.counts = torch.as_tensor(state.get("counts", torch.zeros(self.num_classes)), dtype=torch.long).to(self.device)
+        counts = state.get("counts", torch.zeros(self.num_classes))
+        self.counts = torch.as_tensor(counts, dtype=torch.long).to(self.device)
         init = state.get("initialized")
-        self.initialized = (
-            torch.as_tensor(init, dtype=torch.bool).to(self.device) if init is not None else (self.prototypes != 0).any(1)
-        )
+        if init is None:  # the original's bare tensor: a class was seen when its prototype is non-zero
+            self.initialized = (self.prototypes != 0).any(1)
+        else:
+            self.initialized = torch.as_tensor(init, dtype=torch.bool).to(self.device)
         self.count_cap = int(state.get("count_cap", self.count_cap))
         self.provenance = dict(state.get("provenance", {}))
 

@@ -222,7 +222,7 @@ def geometric_op_matrix(name: str, value: float, size: tuple[int, int]) -> np.nd
     if name == "Rotate":  # Image.rotate(value): about (w/2, h/2), angle -radians(value) in its reverse matrix
         a = -math.radians(value)
         cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
-        cx, cy = w / 2, h / 2
+        cx, cy = (w - 1) / 2, (h - 1) / 2
         data = (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
     elif name == "ShearX":
         data = (1.0, value, 0.0, 0.0, 1.0, 0.0)

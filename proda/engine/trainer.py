@@ -7,6 +7,7 @@ atomic checkpoints, automatic resume and metrics. What is learned, and how, is t
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -169,6 +170,9 @@ class Trainer:
                 f.write(dump_yaml(cfg))
             _truncate_metrics(self.run_dir, start_iter)
         if start_iter >= o.iterations:
+            result_file = self.run_dir / "result.json"
+            if result_file.is_file():  # includes what the stage measured at its end
+                final = json.loads(result_file.read_text())["final"]
             return TrainResult(self.run_dir, start_iter, final, best_miou, wall_before)
         self.preflight()
 
@@ -256,7 +260,9 @@ class Trainer:
             evaluate_now = iteration % r.eval_every == 0 or iteration == o.iterations
             if evaluate_now:
                 final = self.evaluate()
-                writer.write(iteration, {"miou": final["miou"], **{f"iou/{k}": v for k, v in final["per_class_iou"].items() if v is not None}}, kind="val")
+                scalars = {k: v for k, v in final.items() if isinstance(v, float)}
+                per_class = {f"iou/{k}": v for k, v in final["per_class_iou"].items() if v is not None}
+                writer.write(iteration, {**scalars, **per_class}, kind="val")
                 if dist.is_main():
                     tqdm.write(f"iteration {iteration}: target val mIoU {final['miou']:.2f}")
             is_best = evaluate_now and final["miou"] > best_miou
@@ -273,6 +279,7 @@ class Trainer:
         wall = wall_before + time.time() - t0
         if end < o.iterations:
             return TrainResult(self.run_dir, end, final, best_miou, wall)
+        final = {**final, **stage.final_metrics()}
         if dist.is_main():
             write_json(self.run_dir / "result.json", {"iteration": o.iterations, "final": final,
                                                       "best_miou": best_miou, "wall_s": wall})
@@ -301,7 +308,7 @@ class Trainer:
         cm = evaluate_model(self.stage.model, self._val_reader(), self.device, cfg.data.num_classes,
                             input_size=cfg.data.val_size, mean=cfg.model.mean, std=cfg.model.std,
                             max_images=cfg.run.eval_max_images, progress=self.progress)
-        return summarize(cm, cfg.data.num_classes)
+        return {**summarize(cm, cfg.data.num_classes), **self.stage.eval_metrics()}
 
 
 def model_meta(cfg: Config) -> dict[str, Any]:
@@ -325,8 +332,6 @@ def _truncate_metrics(run_dir: Path, iteration: int) -> None:
     if not path.is_file():
         return
     rows = [row for row in read_metrics(run_dir) if row.get("iteration", 0) <= iteration]
-    import json
-
     with atomic_write(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,223 @@
+"""Stage 1: online prototypical pseudo-label denoising and target structure learning (METHOD.md 2.1).
+
+Per iteration, on the crop/``loss_stride`` grid of each target weak crop:
+
+1. the EMA model sees the full target image; its features are carried into the weak crop (``full_to_weak``);
+2. distances to the class prototypes give rectification weights omega = softmax(-T (d - min d)), and the
+   pseudo label is argmax(omega * P0) with P0 the warm-up model's fixed soft label;
+3. the student is trained on the weak crop with symmetric cross-entropy against it, plus the
+   anti-degeneration regulariser;
+4. structure learning: the EMA's prototype assignment, carried into the strong view with the exact
+   geometry the strong image got, supervises the student's assignment on the strong image (masked KL);
+5. after the optimizer step, the EMA and the prototypes (from the EMA's full-image argmax) move on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.labels import IGNORE_INDEX
+from ..data.pseudo_labels import PseudoLabelStore, soft_labels_for_crop
+from ..data.strong import warp_to_strong
+from ..data.strong import strong_view
+from ..data.transforms import (
+    WeakGeometry, apply_weak_geometry, full_to_weak, image_to_tensor, label_to_tensor, sample_weak_geometry,
+)
+from ..engine.data import AugmentedDataset
+from ..engine.metrics import ConfusionMatrix
+from ..models.build import normalize, upsample
+from .base import Stage, source_reader, target_reader, weak_view_fn
+from .ema import ema_update, init_ema
+from .losses import (
+    mean_log_prob_regularizer, prototype_consistency_kl, prototype_distances, rectification_weights,
+    rectify_pseudo_labels, symmetric_cross_entropy,
+)
+from .prototypes import PrototypeBank, class_mean_features, gather_class_means
+from .supervised import segmentation_loss
+
+
+def grid_size(crop_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(w, h) of the loss grid of a crop (crop/4 in the original: 896x512 -> 224x128)."""
+    return crop_size[0] // stride, crop_size[1] // stride
+
+
+def labels_on_grid(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest samples of a crop-aligned label on a (w, h) grid with the corner-aligned map convention."""
+    h, w = label.shape
+    gw, gh = size
+    ys = np.rint(np.arange(gh) * (h - 1) / max(gh - 1, 1)).astype(int)
+    xs = np.rint(np.arange(gw) * (w - 1) / max(gw - 1, 1)).astype(int)
+    return label[np.ix_(ys, xs)]
+
+
+class Stage1TargetView:
+    """Weak crop, strong view of it, full image, P0 on the loss grid and (if known) the true labels there."""
+
+    def __init__(self, cfg, soft_root: str):
+        d, s1 = cfg.data, cfg.stage1
+        self.crop_size, self.resize_width = tuple(d.crop_size), d.resize_width
+        self.scale_range, self.hflip = tuple(d.scale_range), d.hflip
+        self.grid = grid_size(self.crop_size, s1.loss_stride)
+        self.strong_ops, self.cutout = s1.strong_ops, s1.cutout
+        self.soft_root = soft_root
+        self._store: PseudoLabelStore | None = None  # opened lazily, inside each DataLoader worker
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        if self._store is None:
+            self._store = PseudoLabelStore.open(self.soft_root, kind="soft")
+        image = sample["image"]
+        h, w = image.shape[:2]
+        geom = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
+        crop, label_crop = apply_weak_geometry(geom, image, sample.get("label"))
+        strong, transform = strong_view(crop, rng, n_ops=self.strong_ops, cutout=self.cutout)
+        out = {
+            "image": image_to_tensor(crop),
+            "strong": image_to_tensor(strong),
+            "strong_transform": transform.to_tensor(),
+            "geometry": geom.to_tensor(),
+            "full": image_to_tensor(image),
+            "soft": soft_labels_for_crop(self._store.read_soft(sample["name"]), geom, self.grid),
+            "name": sample["name"],
+        }
+        if label_crop is not None:
+            out["label_grid"] = label_to_tensor(labels_on_grid(label_crop, self.grid))
+        return out
+
+
+class Stage1(Stage):
+    name = "stage1"
+
+    def __init__(self, cfg, device: torch.device):
+        super().__init__(cfg, device)
+        s1 = cfg.stage1
+        net = self.add_segmentation_model()
+        self.modules["ema"] = init_ema(net)
+        self.bank = PrototypeBank.load(s1.prototypes, map_location=device)
+        if self.bank.num_classes != cfg.data.num_classes or self.bank.dim != net.feat_channels:
+            raise ValueError(
+                f"{s1.prototypes}: prototypes are {self.bank.num_classes}x{self.bank.dim}, the model needs "
+                f"{cfg.data.num_classes}x{net.feat_channels}"
+            )
+        PseudoLabelStore.open(s1.soft_labels, kind="soft", num_classes=cfg.data.num_classes)  # fail early
+        target = target_reader(cfg, with_labels=True)
+        self.has_target_labels = target.has_labels
+        self.streams = {
+            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
+        }
+        self.grid = grid_size(tuple(cfg.data.crop_size), s1.loss_stride)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        n = cfg.data.num_classes
+        self.pl_raw, self.pl_rect = ConfusionMatrix(n, device), ConfusionMatrix(n, device)
+
+    @property
+    def ema(self) -> torch.nn.Module:
+        return self.modules["ema"]
+
+    def train_mode(self) -> None:
+        self.model.train()
+        self.ema.train(self.cfg.stage1.ema_train_mode)
+
+    def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
+        cfg, s1 = self.cfg, self.cfg.stage1
+        mean, std = cfg.model.mean, cfg.model.std
+        src, tgt = batch["source"], batch["target"]
+        protos = self.bank.prototypes
+        gw, gh = self.grid
+        losses = {"source_ce": segmentation_loss(self.model(normalize(src["image"], mean, std))["out"], src["label"])}
+
+        with torch.no_grad():
+            ema_out = self.ema(normalize(tgt["full"], mean, std))
+            geoms = [WeakGeometry.from_tensor(g) for g in tgt["geometry"].cpu()]
+            feat_weak = full_to_weak(ema_out["feat"].float(), geoms, (gw, gh))
+            distances = prototype_distances(feat_weak, protos)
+            weights = rectification_weights(distances, s1.temperature)
+            soft = tgt["soft"].float()
+            pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold)
+        self._pending.append((ema_out["feat"].detach(), ema_out["out"].detach()))
+
+        logits_weak = upsample(self.model(normalize(tgt["image"], mean, std))["out"], (gh, gw))
+        losses["target_sce"] = symmetric_cross_entropy(logits_weak, pseudo, s1.sce_alpha, s1.sce_beta)
+        if s1.regular_weight > 0:
+            losses["regular"] = s1.regular_weight * mean_log_prob_regularizer(logits_weak)
+        if s1.consistency_weight > 0:
+            teacher_strong, valid = warp_to_strong(distances, tgt["strong_transform"], mode="nearest")
+            feat_strong = upsample(self.model(normalize(tgt["strong"], mean, std))["feat"], (gh, gw))
+            losses["consistency"] = s1.consistency_weight * prototype_consistency_kl(
+                teacher_strong, valid, feat_strong, protos, s1.temperature)
+
+        if "label_grid" in tgt:  # pseudo-label quality against the true target labels (benchmarks only)
+            truth = tgt["label_grid"]
+            self.pl_raw.update(soft.argmax(1), truth)
+            kept = pseudo != IGNORE_INDEX  # a thresholded-away pixel is no label, not a wrong one
+            self.pl_rect.update(pseudo.masked_fill(~kept, 0), truth.masked_fill(~kept, IGNORE_INDEX))
+        return losses
+
+    def after_step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, float]:
+        s1 = self.cfg.stage1
+        ema_update(self.ema, self.model, s1.ema_momentum)
+        for feat, logits in self._pending:
+            # the original assigns on the EMA's full-image output resized to full/4
+            h, w = batch["target"]["full"].shape[-2:]
+            size = (max(1, h // 4), max(1, w // 4))
+            feat_full, assign = upsample(feat.float(), size), upsample(logits.float(), size).argmax(1)
+            means, present = class_mean_features(feat_full, assign, self.bank.num_classes, s1.prototype_min_pixels)
+            means, present = gather_class_means(means, present)
+            self.bank.momentum_update(means, present, s1.prototype_momentum)
+        self._pending.clear()
+        return {}
+
+    def eval_metrics(self) -> dict[str, float]:
+        """mIoU of the raw (argmax P0) and rectified pseudo labels since the last evaluation."""
+        if not self.has_target_labels or self.pl_raw.mat.sum() == 0:
+            return {}
+        self.pl_raw.reduce_()
+        self.pl_rect.reduce_()
+        out = {"pseudo_label_miou_raw": self.pl_raw.miou(), "pseudo_label_miou_rectified": self.pl_rect.miou()}
+        self.pl_raw.reset()
+        self.pl_rect.reset()
+        return out
+
+    @torch.no_grad()
+    def final_metrics(self) -> dict[str, Any]:
+        """Raw and rectified pseudo-label mIoU over the whole target training set, with the final EMA
+        features and prototypes, at full label resolution (the stage's central claim, measured)."""
+        if not self.has_target_labels:
+            return {}
+        from tqdm import tqdm
+
+        from ..engine import dist
+
+        cfg, s1 = self.cfg, self.cfg.stage1
+        reader = self.streams["target"].reader
+        store = PseudoLabelStore.open(s1.soft_labels, kind="soft")
+        raw, rect = ConfusionMatrix(cfg.data.num_classes, self.device), ConfusionMatrix(cfg.data.num_classes, self.device)
+        self.ema.eval()
+        for i in tqdm(range(dist.rank(), len(reader), dist.world_size()), desc="pseudo-label quality",
+                      leave=False, disable=not dist.is_main()):
+            sample = reader[i]
+            image = image_to_tensor(sample["image"])[None].to(self.device)
+            label = torch.from_numpy(sample["label"]).long().to(self.device)[None]
+            out = self.ema(normalize(image, cfg.model.mean, cfg.model.std))
+            soft = torch.from_numpy(store.read_soft(sample["name"])).float().to(self.device)[None]
+            if soft.shape[-2:] != out["feat"].shape[-2:]:
+                soft = upsample(soft, tuple(out["feat"].shape[-2:]))
+            weights = rectification_weights(prototype_distances(out["feat"].float(), self.bank.prototypes), s1.temperature)
+            size = tuple(label.shape[-2:])
+            raw.update(upsample(soft, size).argmax(1), label)
+            rect.update(upsample(weights * soft, size).argmax(1), label)
+        raw.reduce_()
+        rect.reduce_()
+        return {"pseudo_label_miou": {"raw": raw.miou(), "rectified": rect.miou()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prototypes": self.bank.state_dict(), "pl_raw": self.pl_raw.mat.clone(), "pl_rect": self.pl_rect.mat.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "prototypes" in state:
+            self.bank.load_state_dict(state["prototypes"])
+        if "pl_raw" in state:
+            self.pl_raw.mat.copy_(state["pl_raw"])
+            self.pl_rect.mat.copy_(state["pl_rect"])
