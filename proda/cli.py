@@ -62,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-target", type=int, default=None)
     s.add_argument("--n-val", type=int, default=None)
 
+    pr = sub.add_parser("prototypes", help="class prototypes of a trained model over the target training set")
+    pr.add_argument("--checkpoint", required=True, help="the warm-up checkpoint")
+    pr.add_argument("--config", required=True, help="config naming the target data (e.g. the stage-1 config)")
+    pr.add_argument("--out", default=None, help="output file (default: prototypes.pth beside the checkpoint)")
+    pr.add_argument("overrides", nargs="*", help="dotted config overrides")
+    pr.add_argument("--no-progress", action="store_true")
+
+    pl = sub.add_parser("pseudo-label", help="store pseudo labels of the target training set")
+    pl.add_argument("--checkpoint", required=True)
+    pl.add_argument("--config", required=True, help="config naming the target data")
+    pl.add_argument("--soft", action="store_true", help="soft labels (class probabilities at output resolution) "
+                    "for stage 1; default: hard labels (flip-averaged argmax + confidence) for distillation")
+    pl.add_argument("--out", default=None, help="output folder (default: pseudo_soft/ or pseudo_hard/ beside the checkpoint)")
+    pl.add_argument("overrides", nargs="*", help="dotted config overrides")
+    pl.add_argument("--no-progress", action="store_true")
+
     m = sub.add_parser("demo", help="the end-to-end run on the synthetic benchmark, with a report")
     m.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     m.add_argument("--data", default=None, help="existing folder with gta5/ and cityscapes/ (default: generate)")
@@ -94,6 +110,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "prototypes":
+        from .config import load_config
+        from .engine.prototypes import prototypes_command
+
+        prototypes_command(args.checkpoint, load_config(args.config, args.overrides), args.out, not args.no_progress)
+        return 0
+    if args.command == "pseudo-label":
+        from .config import load_config
+        from .engine.pseudo_label import pseudo_label_command
+
+        pseudo_label_command(args.checkpoint, load_config(args.config, args.overrides), soft=args.soft,
+                             out=args.out, progress=not args.no_progress)
+        return 0
     if args.command == "data" and args.data_command == "check":
         from .data.check import run_check_command
 

@@ -8,6 +8,8 @@ the single composed matrix (order, duplicates, PIL's half-pixel conventions) to 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,8 @@ def test_carried_labels_land_on_the_strong_image_at_crop_resolution(case: dict) 
         x0, y0, x1, y1 = t.cutout
         in_box[y0:y1, x0:x1] = True
     assert not valid[in_box].any() and np.all(strong[in_box] == GRAY)
+    _, uncut = warp_to_strong(torch.zeros(1, 1, 64, 96), [replace(t, cutout=None)])
+    assert np.array_equal(valid, uncut[0].numpy() & ~in_box)  # the cutout masks its box, nothing more
     out_of_frame = ~valid & ~in_box
     deep = out_of_frame & same_around(out_of_frame, 2)  # well away from the frame edge
     assert np.all(strong[deep] == GRAY)
@@ -150,7 +154,8 @@ def test_carried_labels_land_on_the_strong_image_on_the_crop4_grid(case: dict) -
         x0, y0, x1, y1 = t.cutout
         in_box = ((xs[None, :] >= x0 - 0.5) & (xs[None, :] < x1 - 0.5)
                   & (ys[:, None] >= y0 - 0.5) & (ys[:, None] < y1 - 0.5))
-        assert not valid[in_box].any()
+        _, uncut = warp_to_strong(torch.zeros(1, 1, h // 4, w // 4), [replace(t, cutout=None)])
+        assert np.array_equal(valid, uncut[0].numpy() & ~in_box)
         assert np.all(strong[rows][:, cols][in_box] == GRAY)
 
 
@@ -259,6 +264,17 @@ def test_no_geometry_is_the_identity_at_any_resolution() -> None:
         assert torch.allclose(out, maps, atol=1e-4) and bool(valid.all())  # float32 grid
         out, _ = warp_to_strong(maps, [t, t], mode="nearest")
         assert torch.equal(out, maps)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (16, 24)])
+def test_valid_samples_never_blend_with_padding(size: tuple[int, int]) -> None:
+    """Up to half a pixel outside the outer samples is still in frame: it takes the edge value, like the image."""
+    weak, _ = block_crop(96, 64, 16)
+    _, t = strong_view(weak, np.random.default_rng(0), ops=[("Rotate", 7), ("ShearY", 9)], cutout=False)
+    out, valid = warp_to_strong(torch.full((1, 2, *size), 3.0), [t], mode="bilinear", fill=-1.0)
+    assert bool((~valid).any()) and bool(valid.any())
+    values = out.permute(0, 2, 3, 1)
+    assert torch.allclose(values[valid], torch.tensor(3.0), atol=1e-5) and torch.all(values[~valid] == -1.0)
 
 
 def test_flip_is_recorded_and_mirrors_image_and_maps() -> None:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from .denoise import Stage1
 from .supervised import SupervisedStage
 from .warmup import WarmupStage
 
 STAGES = {
     "supervised": SupervisedStage,
     "warmup": WarmupStage,
+    "stage1": Stage1,
 }
 
 

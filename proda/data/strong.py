@@ -169,6 +169,8 @@ def strong_view(
         drawn = _draw_ops(rng, n_ops, magnitude_max, tuple(pool) if pool is not None else FIXMATCH_POOL, (w, h))
 
     out = _apply_photometric(image, [op for op in drawn if op.applied and op.name in PHOTOMETRIC_OPS])
+    # Each op maps its output pixel to its input pixel; strong = op_n(...op_1(flip(weak))), so
+    # strong -> weak is flip @ M_1 @ ... @ M_n, every applied op counted once, in the drawn order.
     matrix = np.eye(3)
     if flip:
         matrix = matrix @ np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -222,7 +224,7 @@ def geometric_op_matrix(name: str, value: float, size: tuple[int, int]) -> np.nd
     if name == "Rotate":  # Image.rotate(value): about (w/2, h/2), angle -radians(value) in its reverse matrix
         a = -math.radians(value)
         cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
-        cx, cy = (w - 1) / 2, (h - 1) / 2
+        cx, cy = w / 2, h / 2
         data = (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
     elif name == "ShearX":
         data = (1.0, value, 0.0, 0.0, 1.0, 0.0)

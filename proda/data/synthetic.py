@@ -96,6 +96,7 @@ class DomainStyle:
     sidewalk_width: tuple[float, float]  # world units, each side
     verge_prob: float  # chance of a terrain (grass) strip between sidewalk and facades, per side
     building_prob: float  # chance that a facade segment is a building (else wall / fence / hedge / open field)
+    max_depth: float  # objects stand up to this depth (world units; pedestrians and two-wheelers up to 0.7x)
     # ------------------------------------------------------------------ object mix: expected count per image (Poisson)
     cars: float  # moving cars in the lanes
     parked_cars: float  # cars parked along the curbs
@@ -136,17 +137,18 @@ class DomainStyle:
 SOURCE_STYLE = DomainStyle(
     name="source",
     horizon=(0.36, 0.48),
-    focal=(0.8, 1.0),
+    focal=(0.95, 1.15),
     lanes=(2, 4),
     lane_width=(2.1, 2.6),
     sidewalk_width=(1.0, 2.2),
     verge_prob=0.25,
-    building_prob=0.65,
+    building_prob=0.6,
+    max_depth=35.0,
     cars=4.0,
     parked_cars=1.0,
     trucks=1.0,
     buses=0.4,
-    trains=0.12,
+    trains=0.25,
     persons=2.0,
     cyclists=0.35,
     motorcyclists=0.6,
@@ -180,17 +182,18 @@ SOURCE_STYLE = DomainStyle(
 TARGET_STYLE = DomainStyle(
     name="target",
     horizon=(0.40, 0.52),
-    focal=(0.95, 1.2),
+    focal=(1.1, 1.35),
     lanes=(1, 3),
     lane_width=(1.9, 2.3),
     sidewalk_width=(1.4, 2.8),
     verge_prob=0.35,
-    building_prob=0.6,
+    building_prob=0.55,
+    max_depth=30.0,
     cars=2.0,
     parked_cars=2.0,
-    trucks=0.3,
+    trucks=0.5,
     buses=0.3,
-    trains=0.12,
+    trains=0.25,
     persons=5.0,
     cyclists=1.2,
     motorcyclists=0.4,
@@ -637,7 +640,7 @@ class _Scene:
     def _fence(self, F: float, z0: float, z1: float, h: float) -> None:
         p, rng = self.p, self.rng
         c = _pick(rng, _FENCE_PAINTS, self.jit)
-        if rng.random() < 0.35:  # solid panel fence
+        if rng.random() < 0.5:  # solid panel fence
             p.xplane(F, 0, h, z0, z1, FENCE, c)
             zs = np.arange(z0, z1, 0.5)[:, None] + (0, 0.08, 0.08, 0)
             p.fill_many(p.project(F, np.array([0, 0, h, h]), zs), FENCE, _shade(c, 0.75))
@@ -692,6 +695,7 @@ class _Scene:
     def place_objects(self) -> None:
         rng, st, s = self.rng, self.style, self.street
         zb = max(self.z_bottom, 1.0)
+        dmax = st.max_depth
 
         def walk_x(side: int, margin: float = 0.3) -> float:
             if side < 0:
@@ -701,31 +705,31 @@ class _Scene:
         for _ in range(_poisson(rng, st.trees)):
             side = int(rng.choice([-1, 1]))
             X = (s.XL - 0.7 if side < 0 else s.XR + 0.7) if rng.random() < 0.7 else walk_x(side)
-            self._tree(X, _depth(rng, zb * 1.2, 60), rng.uniform(1.5, 3.0), rng.uniform(0.9, 2.2))
+            self._tree(X, _depth(rng, zb * 1.2, 1.3 * dmax), rng.uniform(1.5, 3.0), rng.uniform(0.9, 2.2))
         for _ in range(_poisson(rng, st.poles)):
             side = int(rng.choice([-1, 1]))
             X = s.XL - 0.35 if side < 0 else s.XR + 0.35
-            self._pole(X, _depth(rng, zb * 1.1, 60), side)
+            self._pole(X, _depth(rng, zb * 1.1, dmax), side)
         for _ in range(_poisson(rng, st.statics)):
             side = int(rng.choice([-1, 1]))
-            self._static(walk_x(side), _depth(rng, zb * 1.1, 40))
+            self._static(walk_x(side), _depth(rng, zb * 1.1, 0.8 * dmax))
         for _ in range(_poisson(rng, st.persons)):
             if rng.random() < 0.8:
-                X, Z, facing = walk_x(int(rng.choice([-1, 1]))), _depth(rng, zb * 1.05, 40), int(rng.integers(3))
+                X, Z, facing = walk_x(int(rng.choice([-1, 1]))), _depth(rng, zb * 1.05, 0.7 * dmax), int(rng.integers(3))
             else:
-                Z = self.crossing + 1 if self.crossing is not None else _depth(rng, zb * 1.2, 30)
+                Z = self.crossing + 1 if self.crossing is not None else _depth(rng, zb * 1.2, 0.7 * dmax)
                 X, facing = rng.uniform(s.XL, s.XR), 2
             self._person(X, Z, facing)
         for _ in range(_poisson(rng, st.bicycles)):
-            self._two_wheeler(walk_x(int(rng.choice([-1, 1])), 0.5), _depth(rng, zb * 1.05, 35), motor=False, ridden=False,
+            self._two_wheeler(walk_x(int(rng.choice([-1, 1])), 0.5), _depth(rng, zb * 1.05, 0.7 * dmax), motor=False, ridden=False,
                               k=rng.uniform(0.5, 1.0))
         for _ in range(_poisson(rng, st.motorcycles)):
-            self._two_wheeler(walk_x(int(rng.choice([-1, 1])), 0.5), _depth(rng, zb * 1.05, 35), motor=True, ridden=False,
+            self._two_wheeler(walk_x(int(rng.choice([-1, 1])), 0.5), _depth(rng, zb * 1.05, 0.7 * dmax), motor=True, ridden=False,
                               k=rng.uniform(0.5, 1.0))
         # vehicles in lanes
         if rng.random() < st.trains:
             lane = int(rng.integers(s.lanes))
-            Z = rng.uniform(max(zb, 4), 30)
+            Z = rng.uniform(max(zb, 4), max(zb, 4) + 0.6 * dmax)
             L = rng.uniform(14, 22)
             if s.reserve(lane, Z, Z + L):
                 self._train(s.lane_x(lane), Z, L)
@@ -736,7 +740,7 @@ class _Scene:
 
     def _vehicle(self, kind: str, zb: float) -> None:
         rng, s = self.rng, self.street
-        Z = _depth(rng, max(zb * 0.95, 2.0), 60)
+        Z = _depth(rng, max(zb * 0.95, 2.0), self.style.max_depth * (0.7 if kind in ('cyclist', 'motorcyclist') else 1))
         if kind == "parked":
             lane = 0 if rng.random() < 0.5 else s.lanes - 1
             X = (s.XL + 0.75) if lane == 0 else (s.XR - 0.75)
@@ -884,7 +888,7 @@ class _Scene:
         rng, st = self.rng, self.style
         c = _pick(rng, _POLE_PAINTS, self.jit)
         h = rng.uniform(2.5, 5.0)
-        pw = rng.uniform(0.05, 0.07)
+        pw = rng.uniform(0.06, 0.09)
         arm = rng.random() < 0.4 and h > 3.5
         arm_len = rng.uniform(1.0, 2.5)
         light = rng.random() < st.light_prob
@@ -895,7 +899,7 @@ class _Scene:
         sign = rng.random() < st.sign_prob
         sign_kind = int(rng.integers(5))
         sign_h = rng.uniform(1.7, 2.4) if h > 2.8 else h - 0.5
-        sign_r = rng.uniform(0.22, 0.35)
+        sign_r = rng.uniform(0.28, 0.42)
         sign_back = rng.random() < 0.15
         sign_blue = rng.random() < 0.6
 
@@ -908,7 +912,7 @@ class _Scene:
                 p.zplane(ax - 0.18, ax + 0.18, h - 0.12, h, Z, POLE, _shade(c, 1.2))  # lamp head
             if light:
                 lx, top = (ax, h - 0.15) if light_on_arm else (X, h + 0.75)
-                p.zplane(lx - 0.15, lx + 0.15, top - 0.75, top, Z - 0.02, LIGHT, housing)
+                p.zplane(lx - 0.18, lx + 0.18, top - 0.8, top, Z - 0.02, LIGHT, housing)
                 if not light_back:
                     for k in range(3):
                         on = k == lamp_state

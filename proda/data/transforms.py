@@ -89,6 +89,16 @@ def full_to_weak(maps: torch.Tensor, geoms: list[WeakGeometry], out_size: tuple[
     [B, C, out_h, out_w] on the same convention over the crop, sampled bilinearly. Only the crop window
     is resampled, so the cost does not depend on the random scale.
     """
+    grid = weak_sampling_grid(geoms, out_size).to(device=maps.device, dtype=maps.dtype)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def weak_sampling_grid(geoms: list[WeakGeometry], out_size: tuple[int, int]) -> torch.Tensor:
+    """float64 [B, out_h, out_w, 2]: where each (w, h) = ``out_size`` crop sample lies in its full image.
+
+    ``grid_sample`` coordinates (x, y) in [-1, 1] with align_corners=True, the grid :func:`full_to_weak`
+    samples bilinearly; exposed so that other maps (hard labels, nearest) follow exactly the same positions.
+    """
     out_w, out_h = out_size
     grids = []
     for geom in geoms:
@@ -100,8 +110,7 @@ def full_to_weak(maps: torch.Tensor, geoms: list[WeakGeometry], out_size: tuple[
         if geom.flip:
             gx = gx.flip(0)
         grids.append(torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1))
-    grid = torch.stack(grids).to(device=maps.device, dtype=maps.dtype)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return torch.stack(grids)
 
 
 def _crop_grid_to_full(n: int, start: int, length: int, scaled: int, full: int) -> torch.Tensor:

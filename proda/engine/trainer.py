@@ -317,6 +317,7 @@ def model_meta(cfg: Config) -> dict[str, Any]:
 
     n = cfg.data.num_classes
     return {
+        "stage": cfg.stage,
         "num_classes": n,
         "class_names": list(class_names(n)),
         "palette": palette(n).tolist(),

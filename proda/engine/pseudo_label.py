@@ -1,0 +1,102 @@
+"""Generating pseudo labels for the target training set (``proda pseudo-label``).
+
+* soft (stage 1's fixed P0): the model's softmax at network output resolution, no flip, stored compactly;
+* hard (stages 2/3): softmax of the image and of its horizontal flip, upsampled to label resolution and
+  averaged; argmax and confidence stored compactly (the threshold is applied when training reads them).
+
+Generation resumes: images whose file exists are skipped; each process of a distributed run takes every
+W-th image, so files never collide. Free disk space is checked against an estimate before starting.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.pseudo_labels import PseudoLabelStore, encode_hard, encode_soft
+from ..data.transforms import image_to_tensor
+from ..errors import DataError
+from ..models.build import normalize, upsample
+from . import dist
+
+
+@torch.no_grad()
+def soft_probabilities(model, image: torch.Tensor, mean, std) -> torch.Tensor:
+    """[C, h, w] softmax at network output resolution of one [3,H,W] image in [0,1]."""
+    return model(normalize(image[None], mean, std))["out"].float().softmax(1)[0]
+
+
+@torch.no_grad()
+def flip_averaged_probabilities(model, image: torch.Tensor, mean, std, size: tuple[int, int]) -> torch.Tensor:
+    """[C, H, W] mean of the softmax of the image and of its mirror image (mirrored back), at ``size``."""
+    batch = normalize(torch.stack([image, image.flip(-1)]), mean, std)
+    prob = upsample(model(batch)["out"].float(), size).softmax(1)
+    return (prob[0] + prob[1].flip(-1)) / 2
+
+
+def generate_pseudo_labels(model, reader, store: PseudoLabelStore, device: torch.device, soft: bool,
+                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), progress: bool = True) -> int:
+    """Write the missing labels of this process's share of ``reader``; returns how many were written."""
+    model.eval()
+    names = [s.name for s in reader.samples]
+    todo = [i for i in range(dist.rank(), len(reader), dist.world_size()) if not store.has(names[i])]
+    for i in tqdm(todo, desc="soft labels" if soft else "hard labels", disable=not (progress and dist.is_main())):
+        sample = reader[i]
+        image = image_to_tensor(sample["image"]).to(device)
+        if soft:
+            data = encode_soft(soft_probabilities(model, image, mean, std).cpu().numpy())
+        else:
+            prob = flip_averaged_probabilities(model, image, mean, std, tuple(image.shape[-2:]))
+            conf, label = prob.max(0)
+            data = encode_hard(label.to(torch.uint8).cpu().numpy(), conf.cpu().numpy())
+        store.write(sample["name"], data)
+    dist.barrier()
+    return len(todo)
+
+
+def output_size(model, image_size: tuple[int, int], device: torch.device) -> tuple[int, int]:
+    """(w, h) of the network output for an input of ``image_size`` (w, h)."""
+    w, h = image_size
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, h, w, device=device))["out"]
+    return int(out.shape[-1]), int(out.shape[-2])
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DataError(f"{folder}: pseudo labels need about {needed / 2**30:.2f} GiB, only "
+                        f"{free / 2**30:.2f} GiB free on that disk")
+
+
+def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = None, progress: bool = True) -> Path:
+    from ..adapt.base import target_reader
+    from ..models.checkpoints import load_trained_model
+    from .trainer import resolve_device
+
+    device = resolve_device(cfg.run.device)
+    dist.init_from_env(cfg.run.device)
+    model, meta = load_trained_model(checkpoint, device)
+    if meta["num_classes"] != cfg.data.num_classes:
+        raise DataError(f"{checkpoint}: a {meta['num_classes']}-class model, the config says {cfg.data.num_classes}")
+    reader = target_reader(cfg, with_labels=False)
+    first = reader[0]["image"]
+    image_size = (first.shape[1], first.shape[0])
+    kind = "soft" if soft else "hard"
+    folder = Path(out) if out else Path(os.path.dirname(os.path.abspath(checkpoint))) / f"pseudo_{kind}"
+    map_size = output_size(model, image_size, device) if soft else image_size
+    store = PseudoLabelStore.create(folder, kind, meta["num_classes"], map_size, checkpoint=os.path.abspath(checkpoint),
+                                    stage=str(meta.get("stage", "")))
+    missing = store.missing([s.name for s in reader.samples])
+    if dist.is_main():
+        check_free_space(folder, store.estimate_bytes(len(missing)))
+    generate_pseudo_labels(model, reader, store, device, soft, meta["input"]["mean"], meta["input"]["std"], progress)
+    if dist.is_main():
+        print(f"{folder}: {kind} pseudo labels for {len(reader)} images ({len(reader) - len(missing)} were there)")
+    return folder
