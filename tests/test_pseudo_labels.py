@@ -71,8 +71,11 @@ def test_soft_round_trip(realistic_map: np.ndarray, topk: int | None) -> None:
         kept &= (p >= ranked[-topk]) & (np.log(ranked[-topk]) - np.log(ranked[-topk - 1]) > hd.step)
     err = np.abs(np.log(dec[kept]) - np.log(p[kept].astype(np.float64)))
     assert err.max() <= 1.5 * hd.step
-    # Absolute error of every probability (dropped classes included) stays small.
-    assert np.abs(dec - p).max() < (0.01 if topk is None else 0.2)
+    # Absolute errors: tiny with all classes; a dropped class is off by at most what it held.
+    if topk is None:
+        assert np.abs(dec - p).max() < 0.01
+    else:
+        assert (np.abs(dec - p) <= np.sort(p, axis=0)[-topk - 1] + 0.01).all()
 
 
 def test_soft_edge_cases() -> None:
@@ -152,7 +155,7 @@ def test_threshold_boundary() -> None:
     expected = [[255, 2, 255, 4]]
     assert threshold_labels(label, conf, t).tolist() == expected
     assert threshold_labels(*decode_hard(encode_hard(label, conf)), t).tolist() == expected
-    assert threshold_labels(label, conf, 0.5, ignore_index=250).tolist() == [[250, 2, 250, 4]]
+    assert threshold_labels(label, conf, 0.5, ignore_index=250).tolist() == [[1, 2, 250, 4]]
 
 
 @pytest.mark.parametrize("steps", [100, 1000, 65535])
@@ -161,11 +164,12 @@ def test_threshold_exact_on_grid(steps: int) -> None:
     the originals, including confidences at, just below and just above every grid point."""
     grid = (np.arange(steps + 1) / steps).astype(np.float32)
     conf = np.concatenate([grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(2))])
-    conf = np.clip(conf, 0, 1).reshape(1, -1)
+    conf = np.clip(np.pad(conf, (0, -conf.size % 512), constant_values=1), 0, 1).reshape(-1, 512)
     label = np.ones_like(conf, dtype=np.uint8)
     _, dec = decode_hard(encode_hard(label, conf, conf_steps=steps))
     js = sorted({0, 1, steps // 2, steps - 1, steps, int(0.95 * steps), int(0.9 * steps)})
-    for t in [j / steps for j in js] + [0.95, 0.9]:
+    decimals = [0.95, 0.9] if steps % 100 == 0 else []  # on the grid of 1/100 and 1/1000, not of 1/65535
+    for t in [j / steps for j in js] + decimals:
         assert np.array_equal(threshold_labels(label, dec, t), threshold_labels(label, conf, t)), t
 
 
@@ -319,7 +323,7 @@ def test_crops_identity_geometry() -> None:
     for flip in (False, True):
         geom = WeakGeometry((72, 40), (72, 40), (0, 0, 72, 40), flip)
         expect = soft[:, :, ::-1] if flip else soft
-        torch.testing.assert_close(soft_labels_for_crop(soft, geom, (17, 9)), torch.from_numpy(expect.copy()), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(soft_labels_for_crop(soft, geom, (17, 9)).numpy(), expect, atol=1e-5, rtol=0)
         hard = hard_labels_for_crop(label, geom, (72, 40))
         assert hard.dtype == torch.long and np.array_equal(hard.numpy(), label[:, ::-1] if flip else label)
 
