@@ -61,14 +61,12 @@ def compute_prototypes(
 def prototypes_command(checkpoint: str, cfg, out: str | None, progress: bool = True) -> str:
     """`proda prototypes`: compute from a checkpoint over the config's target training split and save."""
     from ..adapt.base import target_reader
-    from ..models.checkpoints import load_trained_model
+    from ..models.checkpoints import load_model_for_config
     from .trainer import resolve_device
 
     device = resolve_device(cfg.run.device)
     dist.init_from_env(cfg.run.device)
-    model, meta = load_trained_model(checkpoint, device)
-    if meta["num_classes"] != cfg.data.num_classes:
-        raise ValueError(f"{checkpoint}: a {meta['num_classes']}-class model, the config says {cfg.data.num_classes}")
+    model, meta = load_model_for_config(checkpoint, cfg, device)
     reader = target_reader(cfg, with_labels=False)
     bank = compute_prototypes(model, reader, device, meta["num_classes"], meta["input"]["mean"], meta["input"]["std"],
                               min_pixels=cfg.stage1.prototype_min_pixels, progress=progress)

@@ -77,14 +77,12 @@ def check_free_space(folder: Path, needed: int) -> None:
 
 def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = None, progress: bool = True) -> Path:
     from ..adapt.base import target_reader
-    from ..models.checkpoints import load_trained_model
+    from ..models.checkpoints import load_model_for_config
     from .trainer import resolve_device
 
     device = resolve_device(cfg.run.device)
     dist.init_from_env(cfg.run.device)
-    model, meta = load_trained_model(checkpoint, device)
-    if meta["num_classes"] != cfg.data.num_classes:
-        raise DataError(f"{checkpoint}: a {meta['num_classes']}-class model, the config says {cfg.data.num_classes}")
+    model, meta = load_model_for_config(checkpoint, cfg, device)
     reader = target_reader(cfg, with_labels=False)
     first = reader[0]["image"]
     image_size = (first.shape[1], first.shape[0])

@@ -15,10 +15,16 @@ from .deeplab import DeepLabV2
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` whose error lists the missing and unexpected keys by name."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+    _check_keys(model.state_dict(), list(model.state_dict()), state, source, "the model", set())
+    model.load_state_dict(state, strict=True)
+
+
+def _check_keys(own: dict[str, torch.Tensor], wanted: list[str], state: dict[str, torch.Tensor], source: str,
+                what: str, optional: set[str]) -> None:
+    """CheckpointError naming every missing, unexpected and mis-shaped key of ``state`` against ``wanted``."""
+    missing = [k for k in wanted if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in wanted]
+    shape = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in wanted
              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shape:
         parts = []
@@ -28,8 +34,7 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
             parts.append(f"unexpected keys ({len(unexpected)}): {_few(unexpected)}")
         if shape:
             parts.append(f"shape mismatches ({len(shape)}): {_few(shape)}")
-        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+        raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(parts))
 
 
 def _few(items: list[str], n: int = 6) -> str:
@@ -46,6 +51,15 @@ def load_trained_model(path: str | os.PathLike, device: torch.device | str = "cp
     model = build_model(model_cfg, meta["num_classes"])
     load_state_strict(model, state["model"], str(path))
     return model.to(device).eval(), meta
+
+
+def load_model_for_config(path: str | os.PathLike, cfg, device) -> tuple[DeepLabV2, dict[str, Any]]:
+    """A trained model for a command that reads the config's data: the class counts must agree."""
+    model, meta = load_trained_model(path, device)
+    if meta["num_classes"] != cfg.data.num_classes:
+        raise CheckpointError(f"{path}: a {meta['num_classes']}-class model, but the config says "
+                              f"data.num_classes={cfg.data.num_classes}")
+    return model, meta
 
 
 def _unwrap(state: Any) -> dict[str, torch.Tensor]:
@@ -91,20 +105,7 @@ def initialize_model(model: DeepLabV2, path: str | os.PathLike, fmt: str = "auto
 
 def load_backbone_strict(model: DeepLabV2, state: dict[str, torch.Tensor], source: str) -> None:
     """Load backbone weights by name; every backbone key must be present, nothing else may be."""
-    own = model.state_dict()
     backbone = model.backbone_state_keys()
     optional = {k for k in backbone if k.endswith("num_batches_tracked")}
-    missing = [k for k in backbone if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in backbone]
-    shape = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in backbone
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing backbone keys ({len(missing)}): {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_few(unexpected)}")
-        if shape:
-            parts.append(f"shape mismatches ({len(shape)}): {_few(shape)}")
-        raise CheckpointError(f"{source}: does not fit the backbone: " + "; ".join(parts))
+    _check_keys(model.state_dict(), backbone, state, source, "the backbone", optional)
     model.load_state_dict(state, strict=False)
