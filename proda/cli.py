@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=0.01 run.out_dir=runs/x")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    ss = sub.add_parser("pretrain-ssl", help="self-supervised (SimCLR-style) backbone pre-training on target images")
+    ss.add_argument("config", help="YAML config with stage: ssl (see configs/synthetic/ssl.yaml)")
+    ss.add_argument("overrides", nargs="*")
+    ss.add_argument("--no-progress", action="store_true")
+
     e = sub.add_parser("evaluate", help="mIoU of a checkpoint, or of a folder of prediction PNGs")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a proda checkpoint")
@@ -98,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "train":
+    if args.command in ("train", "pretrain-ssl"):
         from .config import load_config
         from .engine.trainer import train
+        from .errors import ConfigError
 
         cfg = load_config(args.config, args.overrides)
+        if args.command == "pretrain-ssl" and cfg.stage != "ssl":
+            raise ConfigError(f"{args.config}: stage is {cfg.stage!r}; pretrain-ssl needs a config with stage: ssl")
         result = train(cfg, progress=not args.no_progress)
         miou = result.final.get("miou")
         print(f"{result.run_dir}: iteration {result.iteration}, target val mIoU "

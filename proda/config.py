@@ -55,7 +55,8 @@ class ModelConfig:
     dropout: float = 0.1
     bn_pretrain: bool = False  # the extra BN before the head (used with self-supervised backbones)
     init: Optional[str] = None  # a checkpoint to start from (see proda.models.checkpoints for formats)
-    init_format: Literal["auto", "proda", "original", "torchvision", "simclr"] = "auto"
+    # proda_backbone: only the backbone of a proda checkpoint (e.g. `proda pretrain-ssl`), with a fresh head
+    init_format: Literal["auto", "proda", "proda_backbone", "original", "torchvision", "simclr"] = "auto"
     # Input normalisation. ProDA feeds [0,1] RGB without ImageNet mean/std (METHOD.md 4.2).
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -116,6 +117,40 @@ class Stage1Config:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Self-distillation (stages 2 and 3, METHOD.md 2.2): CE on thresholded hard pseudo labels carried
+    into the strong view, plus KL to a frozen teacher on the same strong image."""
+
+    pseudo_labels: str = ""  # folder written by `proda pseudo-label` (hard)
+    teacher: str = ""  # the previous stage's checkpoint
+    threshold: float = 0.95  # pixels with confidence <= threshold are ignored
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    # 'kl': KL(teacher || student) with log-probabilities for the student (the intent). 'original': the
+    # released code's form, the student's probabilities passed as log-probabilities (issues #20, #43); the
+    # published 56.9/57.5 were obtained with it.
+    kd_form: Literal["kl", "original"] = "kl"
+    loss_stride: int = 4
+    strong_ops: int = 2
+    cutout: bool = True
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """SimCLR-style contrastive pre-training of the backbone on unlabelled target images (`proda
+    pretrain-ssl`), for the stage-2 student where no SimCLRv2 weights exist."""
+
+    temperature: float = 0.1  # NT-Xent temperature (SimCLRv2)
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # random resized crop, fraction of the image area
+    color_jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - s, 1 + s]
+    color_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+
+
+@dataclass(frozen=True)
 class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 1337
@@ -134,13 +169,15 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    stage: Literal["supervised", "warmup", "stage1"] = "supervised"
+    stage: Literal["supervised", "warmup", "stage1", "distill", "ssl"] = "supervised"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -388,14 +425,21 @@ def validate(cfg: Config) -> None:
     if cfg.stage == "stage1":
         need(bool(s1.soft_labels), "stage1.soft_labels", "is required (a folder from `proda pseudo-label --soft`)")
         need(bool(s1.prototypes), "stage1.prototypes", "is required (a file from `proda prototypes`)")
-    if cfg.stage != "supervised" or cfg.supervised.domain == "source":
+    k = cfg.distill
+    need(0.0 <= k.threshold <= 1.0, "distill.threshold", f"must be in [0, 1], got {k.threshold}")
+    need(k.loss_stride >= 1, "distill.loss_stride", f"must be at least 1, got {k.loss_stride}")
+    if cfg.stage == "distill":
+        need(bool(k.pseudo_labels), "distill.pseudo_labels", "is required (a folder from `proda pseudo-label`)")
+        need(bool(k.teacher), "distill.teacher", "is required (the previous stage's checkpoint)")
+    need(cfg.ssl.temperature > 0, "ssl.temperature", f"must be positive, got {cfg.ssl.temperature}")
+    need(0 < cfg.ssl.crop_scale[0] <= cfg.ssl.crop_scale[1] <= 1, "ssl.crop_scale",
+         f"must be 0 < low <= high <= 1, got {list(cfg.ssl.crop_scale)}")
+    needs_source = cfg.stage in ("warmup", "stage1", "distill") or (
+        cfg.stage == "supervised" and cfg.supervised.domain == "source")
+    if needs_source:
         need(bool(d.source_root), "data.source_root", f"is required by the {cfg.stage} stage")
-    if cfg.stage != "supervised":
-        need(bool(d.target_root), "data.target_root", f"is required by the {cfg.stage} stage")
-    if cfg.stage == "supervised" and cfg.supervised.domain == "source":
-        need(bool(d.source_root), "data.source_root", "is required to train on the source domain")
-    if cfg.stage == "supervised" and cfg.supervised.domain == "target":
-        need(bool(d.target_root), "data.target_root", "is required to train on the target domain")
+    # every stage reads the target: to adapt to, to train the oracle on, and to evaluate on
+    need(bool(d.target_root), "data.target_root", f"is required by the {cfg.stage} stage")
 
 
 def dump_yaml(cfg: Config) -> str:

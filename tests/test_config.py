@@ -29,7 +29,7 @@ def test_base_includes_and_overrides(tmp_path):
 
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown key optim\.lrr; valid keys in optim: .*\blr\b.*momentum"):
-        load_config(None, ["optim.lrr=1", "data.source_root=x"])
+        load_config(None, ["optim.lrr=1", "data.source_root=x", "data.target_root=y"])
     with pytest.raises(ConfigError, match=r"unknown key tarin"):
         load_config(None, ["tarin.x=1"])
 
@@ -50,12 +50,12 @@ def test_unknown_key_lists_the_valid_ones():
 )
 def test_impossible_or_mistyped_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, ["data.source_root=x", override])
+        load_config(None, ["data.source_root=x", "data.target_root=y", override])
 
 
 def test_crop_larger_than_the_image_is_refused():
     with pytest.raises(ConfigError, match=r"data\.crop_size: \[896, 512\] is larger than the smallest rescaled source image"):
-        load_config(None, ["data.source_root=x", "data.source_size=[800,400]", "data.resize_width=null"])
+        load_config(None, ["data.source_root=x", "data.target_root=y", "data.source_size=[800,400]", "data.resize_width=null"])
 
 
 def test_missing_root_and_bad_yaml(tmp_path):

@@ -19,6 +19,7 @@ class Stage:
     """Base class. Subclasses fill ``modules``, ``optimizers``, ``streams`` and implement ``step``."""
 
     name = "stage"
+    evaluates = True  # whether target-val mIoU of modules["model"] means anything for this stage
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device

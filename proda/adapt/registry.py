@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from .denoise import Stage1
+from .distill import DistillStage
+from .ssl import SSLStage
 from .supervised import SupervisedStage
 from .warmup import WarmupStage
 
@@ -11,6 +13,8 @@ STAGES = {
     "supervised": SupervisedStage,
     "warmup": WarmupStage,
     "stage1": Stage1,
+    "distill": DistillStage,
+    "ssl": SSLStage,
 }
 
 

@@ -257,7 +257,7 @@ class Trainer:
                 writer.write(iteration, {**means, **lrs, "sec_per_iter": (time.time() - t0) / (iteration - start_iter)})
                 sums, count = {}, 0
 
-            evaluate_now = iteration % r.eval_every == 0 or iteration == o.iterations
+            evaluate_now = stage.evaluates and (iteration % r.eval_every == 0 or iteration == o.iterations)
             if evaluate_now:
                 final = self.evaluate()
                 scalars = {k: v for k, v in final.items() if isinstance(v, float)}
@@ -294,7 +294,8 @@ class Trainer:
 
         for name, stream in self.stage.streams.items():
             preflight(stream.reader, n, f"{name} training data")
-        preflight(self._val_reader(), n, "target validation data")
+        if self.stage.evaluates:
+            preflight(self._val_reader(), n, "target validation data")
 
     def _val_reader(self):
         if self.val_reader is None:

@@ -1,0 +1,94 @@
+"""Stages 2 and 3: self-distillation into a student (METHOD.md 2.2).
+
+The student (stage 2: a self-supervised backbone with the extra BN and a fresh head; stage 3: the stage-2
+model) learns on the target strong view from the previous stage's hard pseudo labels, thresholded at load
+time and carried into the strong view with the exact geometry the image got, and from the frozen previous
+stage itself (KL on the same strong image). The labelled source keeps its cross-entropy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.labels import IGNORE_INDEX
+from ..data.pseudo_labels import PseudoLabelStore, hard_labels_for_crop, threshold_labels
+from ..data.strong import labels_to_strong, strong_view
+from ..data.transforms import apply_weak_geometry, image_to_tensor, sample_weak_geometry
+from ..engine.data import AugmentedDataset
+from ..models.build import normalize, upsample
+from ..models.checkpoints import load_model_for_config
+from .base import Stage, source_reader, target_reader, weak_view_fn
+from .denoise import grid_size
+from .losses import distillation_kl
+from .supervised import segmentation_loss
+
+
+class DistillTargetView:
+    """Strong view of a weak target crop, with the thresholded hard labels of the weak crop on the loss grid."""
+
+    def __init__(self, cfg):
+        d, k = cfg.data, cfg.distill
+        self.crop_size, self.resize_width = tuple(d.crop_size), d.resize_width
+        self.scale_range, self.hflip = tuple(d.scale_range), d.hflip
+        self.grid = grid_size(self.crop_size, k.loss_stride)
+        self.strong_ops, self.cutout, self.threshold = k.strong_ops, k.cutout, k.threshold
+        self.root = k.pseudo_labels
+        self._store: PseudoLabelStore | None = None
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        if self._store is None:
+            self._store = PseudoLabelStore.open(self.root, kind="hard")
+        image = sample["image"]
+        h, w = image.shape[:2]
+        geom = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
+        crop, _ = apply_weak_geometry(geom, image)
+        strong, transform = strong_view(crop, rng, n_ops=self.strong_ops, cutout=self.cutout)
+        label, conf = self._store.read_hard(sample["name"])
+        pseudo = threshold_labels(label, conf, self.threshold)
+        return {
+            "strong": image_to_tensor(strong),
+            "strong_transform": transform.to_tensor(),
+            "pseudo_weak": hard_labels_for_crop(pseudo, geom, self.grid),
+            "name": sample["name"],
+        }
+
+
+class DistillStage(Stage):
+    name = "distill"
+
+    def __init__(self, cfg, device: torch.device):
+        super().__init__(cfg, device)
+        k = cfg.distill
+        self.add_segmentation_model()
+        teacher, meta = load_model_for_config(k.teacher, cfg, device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher.eval()  # frozen, not checkpointed: it is the file named by distill.teacher
+        self.teacher_input = (meta["input"]["mean"], meta["input"]["std"])
+        PseudoLabelStore.open(k.pseudo_labels, kind="hard", num_classes=cfg.data.num_classes)  # fail early
+        self.streams = {
+            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "target": AugmentedDataset(target_reader(cfg, with_labels=False), DistillTargetView(cfg)),
+        }
+        self.grid = grid_size(tuple(cfg.data.crop_size), k.loss_stride)
+
+    def train_mode(self) -> None:
+        self.model.train()
+        self.teacher.eval()
+
+    def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
+        cfg, k = self.cfg, self.cfg.distill
+        mean, std = cfg.model.mean, cfg.model.std
+        src, tgt = batch["source"], batch["target"]
+        gw, gh = self.grid
+        losses = {"source_ce": segmentation_loss(self.model(normalize(src["image"], mean, std))["out"], src["label"])}
+        pseudo = labels_to_strong(tgt["pseudo_weak"], tgt["strong_transform"], IGNORE_INDEX)
+        student = upsample(self.model(normalize(tgt["strong"], mean, std))["out"], (gh, gw))
+        losses["target_ce"] = k.ce_weight * segmentation_loss(student, pseudo)
+        if k.kd_weight > 0:
+            with torch.no_grad():
+                teacher = upsample(self.teacher(normalize(tgt["strong"], *self.teacher_input))["out"], (gh, gw))
+            losses["distill"] = k.kd_weight * distillation_kl(student, teacher, form=k.kd_form)
+        return losses
