@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="dotted config overrides")
     pl.add_argument("--no-progress", action="store_true")
 
+    pp = sub.add_parser("pipeline", help="every stage in order, each in its own folder, resumable, with a report")
+    pp.add_argument("config", help="pipeline file (configs/{synthetic,gta5,synthia}/pipeline.yaml)")
+    pp.add_argument("overrides", nargs="*", help="out_dir=DIR and dotted overrides applied to every stage")
+    pp.add_argument("--from", dest="start_from", default=None, help="rerun from this step (and every later one)")
+    pp.add_argument("--no-progress", action="store_true")
+
     m = sub.add_parser("demo", help="the end-to-end run on the synthetic benchmark, with a report")
     m.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     m.add_argument("--data", default=None, help="existing folder with gta5/ and cityscapes/ (default: generate)")
@@ -143,6 +149,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                                     "n_val": args.n_val}.items() if v is not None}
         write_benchmark(args.out, seed=args.seed, **kwargs)
         print(f"wrote {Path(args.out) / 'gta5'} and {Path(args.out) / 'cityscapes'}")
+        return 0
+    if args.command == "pipeline":
+        from .pipeline import run_pipeline
+        from .report import format_table
+
+        report = run_pipeline(args.config, args.overrides, start_from=args.start_from, progress=not args.no_progress)
+        print("\n" + format_table(report))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -15,6 +15,13 @@ CONFIGS = sorted((Path(__file__).parents[1] / "proda" / "configs").rglob("*.yaml
 def test_every_shipped_config_builds(path):
     if path.name == "base.yaml":
         pytest.skip("base files are completed by the stage files that include them")
+    if path.name == "pipeline.yaml":  # a pipeline: every stage config it names builds with its links
+        from proda.pipeline import Pipeline, PipelineSpec
+
+        pipe = Pipeline(PipelineSpec.load(path))
+        for stage in pipe.spec.stages:
+            assert pipe.config(stage).run.out_dir.endswith(stage)
+        return
     cfg = load_config(path)
     assert cfg.data.num_classes in (19, 16, 13)
 

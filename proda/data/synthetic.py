@@ -115,6 +115,12 @@ class DomainStyle:
     statics: float  # bins, bollards, benches (label 4 "static", ignored in evaluation)
     ego_vehicle: float  # chance of the ego-vehicle hood (label 1) at the bottom edge
     parking_prob: float  # chance of a parking bay (label 9, ignored) along a curb
+    # ------------------------------------------------------------------ materials (drawn into the scene, label unchanged)
+    paving: float  # chance that the sidewalks are paved with small tiles (fine grid) instead of large slabs
+    road_patches: float  # expected repaired-asphalt patches and cracks per image
+    facade_detail: float  # chance that a building has framed windows and balconies
+    foliage_detail: float  # leaf blobs per tree crown / hedge, relative to the source's few large blobs
+    muted_paint: float  # chance that a car, truck, bus or clothing colour comes from a muted grey/black/white palette
     # ------------------------------------------------------------------ appearance
     saturation: float  # global saturation factor (> 1: the saturated "rendered" look)
     class_shift: tuple[_ClassShift, ...]  # systematic per-class colour transform (RGB gains, then saturation)
@@ -143,7 +149,7 @@ SOURCE_STYLE = DomainStyle(
     sidewalk_width=(1.0, 2.2),
     verge_prob=0.25,
     building_prob=0.6,
-    max_depth=35.0,
+    max_depth=28.0,
     cars=4.0,
     parked_cars=1.0,
     trucks=1.0,
@@ -161,6 +167,11 @@ SOURCE_STYLE = DomainStyle(
     statics=1.0,
     ego_vehicle=0.0,
     parking_prob=0.0,
+    paving=0.1,
+    road_patches=0.3,
+    facade_detail=0.15,
+    foliage_detail=1.0,
+    muted_paint=0.25,
     saturation=1.2,
     class_shift=(),
     instance_jitter=0.08,
@@ -172,10 +183,10 @@ SOURCE_STYLE = DomainStyle(
     illumination=0.0,
     shadows=0.0,
     shadow_strength=(1.0, 1.0),
-    texture=0.03,
+    texture=0.05,
     texture_scale=0.02,
     blur=(0.0, 0.0),
-    noise=1.0,
+    noise=1.5,
     edge_soften=False,
 )
 
@@ -188,7 +199,7 @@ TARGET_STYLE = DomainStyle(
     sidewalk_width=(1.4, 2.8),
     verge_prob=0.35,
     building_prob=0.55,
-    max_depth=30.0,
+    max_depth=24.0,
     cars=2.0,
     parked_cars=2.0,
     trucks=0.5,
@@ -206,40 +217,45 @@ TARGET_STYLE = DomainStyle(
     statics=1.5,
     ego_vehicle=0.9,
     parking_prob=0.3,
-    saturation=0.75,
+    paving=0.9,
+    road_patches=3.0,
+    facade_detail=0.8,
+    foliage_detail=3.0,
+    muted_paint=0.7,
+    saturation=0.9,
     class_shift=(
-        (ROAD, 1.12, 1.08, 1.04, 0.6),  # lighter, slightly warm asphalt
-        (SIDEWALK, 0.92, 0.94, 1.0, 0.6),
-        (BUILDING, 0.95, 0.97, 1.05, 0.55),  # greyer, bluish facades
-        (WALL, 1.0, 0.98, 0.95, 0.6),
-        (FENCE, 0.95, 0.95, 0.95, 0.6),
-        (POLE, 0.9, 0.9, 0.95, 0.7),
-        (SIGN, 1.0, 0.95, 0.85, 0.8),
-        (VEGETATION, 1.1, 0.95, 0.7, 0.85),  # olive, darker foliage
-        (TERRAIN, 1.1, 0.95, 0.8, 0.8),  # browner grass
-        (SKY, 1.15, 1.1, 1.0, 0.35),  # hazy, whitish sky
-        (PERSON, 0.85, 0.85, 0.9, 0.7),
-        (RIDER, 0.85, 0.85, 0.9, 0.7),
-        (CAR, 0.95, 0.95, 1.0, 0.7),
-        (TRUCK, 0.95, 0.95, 1.0, 0.7),
-        (BUS, 0.95, 0.95, 1.0, 0.7),
-        (TRAIN, 0.95, 0.95, 1.0, 0.7),
-        (MOTORCYCLE, 0.9, 0.9, 0.95, 0.7),
-        (BICYCLE, 0.9, 0.9, 0.95, 0.7),
+        (ROAD, 1.08, 1.06, 1.03, 0.7),  # lighter, slightly warm asphalt
+        (SIDEWALK, 0.94, 0.96, 1.0, 0.7),
+        (BUILDING, 0.96, 0.98, 1.04, 0.7),  # greyer, bluish facades
+        (WALL, 1.0, 0.99, 0.96, 0.7),
+        (FENCE, 0.96, 0.96, 0.96, 0.7),
+        (POLE, 0.93, 0.93, 0.96, 0.8),
+        (SIGN, 1.0, 0.96, 0.9, 0.85),
+        (VEGETATION, 1.07, 0.96, 0.8, 0.9),  # olive foliage
+        (TERRAIN, 1.07, 0.96, 0.86, 0.85),  # browner grass
+        (SKY, 1.1, 1.07, 1.0, 0.55),  # hazy, whitish sky
+        (PERSON, 0.9, 0.9, 0.93, 0.8),
+        (RIDER, 0.9, 0.9, 0.93, 0.8),
+        (CAR, 0.96, 0.96, 1.0, 0.8),
+        (TRUCK, 0.96, 0.96, 1.0, 0.8),
+        (BUS, 0.96, 0.96, 1.0, 0.8),
+        (TRAIN, 0.96, 0.96, 1.0, 0.8),
+        (MOTORCYCLE, 0.93, 0.93, 0.96, 0.8),
+        (BICYCLE, 0.93, 0.93, 0.96, 0.8),
     ),
     instance_jitter=0.1,
-    cast=(0.98, 1.02, 0.95),
-    cast_jitter=0.06,
-    gamma=(0.8, 1.3),
-    contrast=(0.65, 0.9),
-    brightness=(0.8, 1.15),
-    illumination=0.25,
-    shadows=1.2,
-    shadow_strength=(0.5, 0.8),
-    texture=0.12,
+    cast=(0.985, 1.015, 0.965),
+    cast_jitter=0.05,
+    gamma=(0.86, 1.2),
+    contrast=(0.75, 0.93),
+    brightness=(0.85, 1.11),
+    illumination=0.18,
+    shadows=0.85,
+    shadow_strength=(0.65, 0.86),
+    texture=0.1,
     texture_scale=0.02,
-    blur=(0.004, 0.01),
-    noise=4.0,
+    blur=(0.003, 0.007),
+    noise=3.25,
     edge_soften=True,
 )
 
@@ -273,8 +289,12 @@ _SHIRTS: tuple[_Colour, ...] = (
 )
 _TROUSERS: tuple[_Colour, ...] = ((40, 45, 70), (30, 30, 30), (90, 80, 70), (60, 60, 65), (150, 130, 100), (40, 60, 110))
 _SKINS: tuple[_Colour, ...] = ((230, 190, 160), (200, 150, 110), (150, 100, 70), (100, 70, 50))
+_MUTED: tuple[_Colour, ...] = ((40, 40, 42), (90, 90, 92), (150, 150, 152), (200, 200, 198), (235, 235, 232), (70, 60, 55))
 _GLASS: _Colour = (45, 55, 70)
 _TYRE: _Colour = (25, 25, 28)
+
+# Pedestrians and riders are drawn wider than life, so that they stay a few pixels wide at CPU-demo sizes.
+_BODY_WIDTH = 1.4
 
 # Relative strength of the texture noise per label id (1 elsewhere).
 _TEXTURE_GAIN = np.ones(256, dtype=np.float32)
@@ -460,6 +480,10 @@ class _Scene:
         self.objects: list[tuple[float, int, Callable[[], None]]] = []  # (depth, tie-break, draw)
         self.shadow_polys: list[np.ndarray] = []
 
+    def paint(self, options: tuple[_Colour, ...]) -> _Colour:
+        """An instance colour: from ``options``, or (style.muted_paint of the time) from the muted palette."""
+        return _pick(self.rng, _MUTED if self.rng.random() < self.style.muted_paint else options, self.jit)
+
     def add(self, z: float, draw: Callable[[], None]) -> None:
         self.objects.append((z, len(self.objects), draw))
 
@@ -529,13 +553,32 @@ class _Scene:
         z0, z1 = 0.3, s.z_end
         road_c = _pick(rng, ((92, 92, 96), (80, 80, 84), (105, 102, 100)), self.jit * 0.6)
         p.ground(s.XL, s.XR, z0, z1, ROAD, road_c)
+        for _ in range(_poisson(rng, st.road_patches)):  # repaired asphalt and cracks: still road
+            zp = _depth(rng, max(self.z_bottom * 0.8, 0.5), 30)
+            if rng.random() < 0.6:
+                xa = rng.uniform(s.XL, s.XR - 0.5)
+                p.ground(xa, min(s.XR, xa + rng.uniform(0.5, 3)), zp, zp + rng.uniform(0.5, 6), ROAD,
+                         _shade(road_c, rng.uniform(0.7, 1.25)))
+            else:
+                xs = rng.uniform(s.XL, s.XR) + np.cumsum(rng.normal(0, 0.25, 6))
+                pts = p.project(xs, 0.0, zp + np.linspace(0, rng.uniform(1, 4), 6))
+                for a, b in zip(pts[:-1], pts[1:]):
+                    p.line(a, b, 1, ROAD, _shade(road_c, 0.55))
         walk_c = _pick(rng, ((165, 160, 150), (150, 150, 155), (175, 150, 130)), self.jit * 0.6)
         curb_c = _shade(walk_c, 1.15)
         seam_c = _shade(walk_c, 0.8)
+        paved = rng.random() < st.paving
+        if paved:  # small tiles: lighter or reddish paving, a fine grid of darker joints
+            walk_c = _pick(rng, ((185, 175, 165), (175, 130, 115), (160, 160, 165)), self.jit * 0.6)
+            seam_c = _shade(walk_c, 0.7)
         for X0, X1 in ((s.XL - s.swL, s.XL), (s.XR, s.XR + s.swR)):
             p.ground(X0, X1, z0, z1, SIDEWALK, walk_c)
-            zs = np.arange(1.0, min(z1, 25.0), 1.2)[:, None] + (0, 0, 0.05, 0.05)
+            step = 0.45 if paved else 1.2
+            zs = np.arange(1.0, min(z1, 25.0), step)[:, None] + (0, 0, 0.05, 0.05)
             p.fill_many(p.project(np.array([X0, X1, X1, X0]), 0.0, zs), SIDEWALK, seam_c)
+            if paved:
+                xs = np.arange(X0 + 0.45, X1 - 0.1, 0.45)[:, None] + (0, 0.04, 0.04, 0)
+                p.fill_many(p.project(xs, 0.0, np.array([z0, z0, min(z1, 25.0), min(z1, 25.0)])), SIDEWALK, seam_c)
         # curb strips (drawn as the road-side edge of each sidewalk)
         p.ground(s.XL - 0.15, s.XL, z0, z1, SIDEWALK, curb_c)
         p.ground(s.XR, s.XR + 0.15, z0, z1, SIDEWALK, curb_c)
@@ -633,6 +676,14 @@ class _Scene:
             return
         Z0, Y0 = np.meshgrid(zs, ys)
         Z0, Y0 = Z0.ravel(), Y0.ravel()
+        if rng.random() < self.style.facade_detail:  # light window frames and dark balcony slabs
+            e = 0.12
+            Zs = np.stack([Z0 - e, Z0 + col_w + e, Z0 + col_w + e, Z0 - e], axis=1)
+            Ys = np.stack([Y0 - e, Y0 - e, Y0 + win_h + e, Y0 + win_h + e], axis=1)
+            p.fill_many(p.project(F, Ys, Zs), BUILDING, _shade(c, 1.35))
+            Zs = np.stack([z0 + 0 * ys, z1 + 0 * ys, z1 + 0 * ys, z0 + 0 * ys], axis=1)
+            Yb = np.stack([ys - 0.3, ys - 0.3, ys - 0.15, ys - 0.15], axis=1)
+            p.fill_many(p.project(F, Yb, Zs), BUILDING, _shade(c, 0.55))
         Zs = np.stack([Z0, Z0 + col_w, Z0 + col_w, Z0], axis=1)
         Ys = np.stack([Y0, Y0, Y0 + win_h, Y0 + win_h], axis=1)
         p.fill_many(p.project(F, Ys, Zs), BUILDING, win)
@@ -661,10 +712,10 @@ class _Scene:
         pts = np.concatenate([p.project(F, ys, zs), p.project(F, [0, 0], [z1, z0])])
         c = _pick(rng, _GREENS, self.jit)
         p.fill(pts, VEGETATION, c)
-        for _ in range(int((z1 - z0) / 2)):  # leafy blobs
+        for _ in range(int((z1 - z0) / 2 * self.style.foliage_detail)):  # leafy blobs
             zb = rng.uniform(z0, z1)
             u, v = p.project(F, rng.uniform(0.2, 0.8) * h, zb)
-            r = 0.25 * p.scale(zb)
+            r = 0.25 * p.scale(zb) / math.sqrt(self.style.foliage_detail)
             p.fill(p.ellipse_pts(u, v, r, r * 0.8, 8), VEGETATION, _shade(c, rng.uniform(0.75, 1.2)))
 
     def _tree(self, X: float, Z: float, h: float, crown: float) -> None:
@@ -672,7 +723,10 @@ class _Scene:
         rng = self.rng
         green = _pick(rng, _GREENS, self.jit)
         bark = _pick(rng, ((90, 70, 50), (70, 60, 50)), self.jit)
-        blobs = [(rng.normal(0, 0.35), rng.normal(0, 0.25), rng.uniform(0.55, 0.85), rng.uniform(0.75, 1.2)) for _ in range(5)]
+        n_blobs = max(3, int(round(5 * self.style.foliage_detail)))
+        size = 1 / math.sqrt(self.style.foliage_detail)
+        blobs = [(rng.normal(0, 0.4), rng.normal(0, 0.3), rng.uniform(0.55, 0.85) * size, rng.uniform(0.7, 1.25))
+                 for _ in range(n_blobs)]
         terrain = _pick(rng, _TERRAINS, self.jit)
         pit = rng.random() < 0.5
 
@@ -765,7 +819,7 @@ class _Scene:
 
     def _car(self, X: float, Z: float, oncoming: bool) -> None:
         rng = self.rng
-        paint = _pick(rng, _CAR_PAINTS, self.jit)
+        paint = self.paint(_CAR_PAINTS)
         w = rng.uniform(1.15, 1.3) / 2
         L = rng.uniform(2.7, 3.2)
         tall = rng.random() < 0.25  # vans / SUVs
@@ -794,8 +848,8 @@ class _Scene:
 
     def _truck(self, X: float, Z: float, oncoming: bool) -> None:
         rng = self.rng
-        cab_c = _pick(rng, _CAR_PAINTS, self.jit)
-        box_c = _pick(rng, _TRUCK_BOXES, self.jit)
+        cab_c = self.paint(_CAR_PAINTS)
+        box_c = self.paint(_TRUCK_BOXES)
         w = rng.uniform(1.5, 1.7) / 2
         cab_L, box_L = rng.uniform(1.4, 1.8), rng.uniform(4, 6.5)
         cab_h, box_h = rng.uniform(1.7, 2.0), rng.uniform(2.2, 2.8)
@@ -831,7 +885,7 @@ class _Scene:
 
     def _bus(self, X: float, Z: float, oncoming: bool) -> None:
         rng = self.rng
-        c = _pick(rng, _BUS_PAINTS, self.jit)
+        c = self.paint(_BUS_PAINTS)
         w = rng.uniform(1.6, 1.75) / 2
         L, h = rng.uniform(7, 9), rng.uniform(2.0, 2.25)
         glass = _pick(rng, (_GLASS,), self.jit)
@@ -888,7 +942,7 @@ class _Scene:
         rng, st = self.rng, self.style
         c = _pick(rng, _POLE_PAINTS, self.jit)
         h = rng.uniform(2.5, 5.0)
-        pw = rng.uniform(0.06, 0.09)
+        pw = rng.uniform(0.08, 0.12)
         arm = rng.random() < 0.4 and h > 3.5
         arm_len = rng.uniform(1.0, 2.5)
         light = rng.random() < st.light_prob
@@ -899,7 +953,7 @@ class _Scene:
         sign = rng.random() < st.sign_prob
         sign_kind = int(rng.integers(5))
         sign_h = rng.uniform(1.7, 2.4) if h > 2.8 else h - 0.5
-        sign_r = rng.uniform(0.28, 0.42)
+        sign_r = rng.uniform(0.35, 0.5)
         sign_back = rng.random() < 0.15
         sign_blue = rng.random() < 0.6
 
@@ -912,13 +966,13 @@ class _Scene:
                 p.zplane(ax - 0.18, ax + 0.18, h - 0.12, h, Z, POLE, _shade(c, 1.2))  # lamp head
             if light:
                 lx, top = (ax, h - 0.15) if light_on_arm else (X, h + 0.75)
-                p.zplane(lx - 0.18, lx + 0.18, top - 0.8, top, Z - 0.02, LIGHT, housing)
+                p.zplane(lx - 0.2, lx + 0.2, top - 0.9, top, Z - 0.02, LIGHT, housing)
                 if not light_back:
                     for k in range(3):
                         on = k == lamp_state
                         col = ((230, 40, 30), (240, 180, 30), (40, 220, 110))[k] if on else (60, 60, 60)
-                        u, v = p.project(lx, top - 0.15 - k * 0.23, Z - 0.03)
-                        r = 0.08 * p.scale(Z)
+                        u, v = p.project(lx, top - 0.17 - k * 0.27, Z - 0.03)
+                        r = 0.1 * p.scale(Z)
                         p.fill(p.ellipse_pts(u, v, r, r, 8), LIGHT, col)
             if sign:
                 u, v = p.project(X, sign_h, Z - 0.03)
@@ -966,7 +1020,7 @@ class _Scene:
         """facing: 0 front, 1 back, 2 side (walking)."""
         rng = self.rng
         h = rng.uniform(0.95, 1.25)
-        shirt = _pick(rng, _SHIRTS, self.jit)
+        shirt = self.paint(_SHIRTS)
         trousers = _pick(rng, _TROUSERS, self.jit)
         skin = _pick(rng, _SKINS, self.jit)
         hair = _pick(rng, ((30, 25, 20), (90, 60, 30), (170, 140, 90), (120, 120, 120)), self.jit)
@@ -979,26 +1033,32 @@ class _Scene:
         p = self.p
         u, v = p.project(X, 0, Z)
         s = p.scale(Z)
+
+        def sp(pts: Any, label: int, colour: _Colour) -> None:  # sprite with the stylised body width
+            q = np.array(pts, float)
+            q[:, 0] *= _BODY_WIDTH
+            p.sprite(u, v, s, q, label, colour)
+
         hip, sh = 0.5 * h, 0.82 * h
         if facing == 2:
-            p.sprite(u, v, s, _quad_poly((0, hip), (stride * h, 0), 0.045 * h), PERSON, trousers)
-            p.sprite(u, v, s, _quad_poly((0, hip), (-stride * h, 0), 0.045 * h), PERSON, _shade(trousers, 0.8))
-            p.sprite(u, v, s, [(-0.07 * h, hip), (0.07 * h, hip), (0.075 * h, sh), (-0.075 * h, sh)], PERSON, shirt)
-            p.sprite(u, v, s, _quad_poly((0, sh - 0.03 * h), (-stride * 0.8 * h, hip), 0.03 * h), PERSON, _shade(shirt, 0.85))
+            sp(_quad_poly((0, hip), (stride * h, 0), 0.045 * h), PERSON, trousers)
+            sp(_quad_poly((0, hip), (-stride * h, 0), 0.045 * h), PERSON, _shade(trousers, 0.8))
+            sp([(-0.07 * h, hip), (0.07 * h, hip), (0.075 * h, sh), (-0.075 * h, sh)], PERSON, shirt)
+            sp(_quad_poly((0, sh - 0.03 * h), (-stride * 0.8 * h, hip), 0.03 * h), PERSON, _shade(shirt, 0.85))
         else:
             for dx in (-0.055, 0.055):
-                p.sprite(u, v, s, [(dx * h - 0.04 * h, 0), (dx * h + 0.04 * h, 0), (dx * h + 0.045 * h, hip),
+                sp([(dx * h - 0.04 * h, 0), (dx * h + 0.04 * h, 0), (dx * h + 0.045 * h, hip),
                                    (dx * h - 0.045 * h, hip)], PERSON, trousers)
-            p.sprite(u, v, s, [(-0.11 * h, hip), (0.11 * h, hip), (0.13 * h, sh), (-0.13 * h, sh)], PERSON, shirt)
+            sp([(-0.11 * h, hip), (0.11 * h, hip), (0.13 * h, sh), (-0.13 * h, sh)], PERSON, shirt)
             for dx in (-1, 1):
-                p.sprite(u, v, s, _quad_poly((dx * 0.15 * h, sh - 0.02 * h), (dx * 0.17 * h, hip + 0.02 * h), 0.03 * h),
+                sp(_quad_poly((dx * 0.15 * h, sh - 0.02 * h), (dx * 0.17 * h, hip + 0.02 * h), 0.03 * h),
                          PERSON, _shade(shirt, 0.85))
-        p.sprite(u, v, s, [(-0.025 * h, sh), (0.025 * h, sh), (0.025 * h, sh + 0.04 * h), (-0.025 * h, sh + 0.04 * h)], PERSON, skin)
+        sp([(-0.025 * h, sh), (0.025 * h, sh), (0.025 * h, sh + 0.04 * h), (-0.025 * h, sh + 0.04 * h)], PERSON, skin)
         head = p.ellipse_pts(0, 0.91 * h, 0.065 * h, 0.075 * h, 10)
-        p.sprite(u, v, s, head, PERSON, skin if facing != 1 else hair)
-        p.sprite(u, v, s, p.ellipse_pts(0, 0.95 * h, 0.065 * h, 0.04 * h, 8), PERSON, hair)
+        sp(head, PERSON, skin if facing != 1 else hair)
+        sp(p.ellipse_pts(0, 0.95 * h, 0.065 * h, 0.04 * h, 8), PERSON, hair)
         if bag:
-            p.sprite(u, v, s, [(0.12 * h, hip), (0.24 * h, hip), (0.24 * h, hip + 0.12 * h), (0.12 * h, hip + 0.12 * h)],
+            sp([(0.12 * h, hip), (0.24 * h, hip), (0.24 * h, hip + 0.12 * h), (0.12 * h, hip + 0.12 * h)],
                      PERSON, (60, 40, 30))
 
     def _two_wheeler(self, X: float, Z: float, motor: bool, ridden: bool, k: float) -> None:
@@ -1007,7 +1067,7 @@ class _Scene:
         d = k * (1 if rng.random() < 0.5 else -1)
         frame = _pick(rng, _CAR_PAINTS if motor else _SHIRTS, self.jit)
         label = MOTORCYCLE if motor else BICYCLE
-        shirt = _pick(rng, _SHIRTS, self.jit)
+        shirt = self.paint(_SHIRTS)
         trousers = _pick(rng, _TROUSERS, self.jit)
         skin = _pick(rng, _SKINS, self.jit)
         helmet = _pick(rng, _CAR_PAINTS, self.jit)
@@ -1036,7 +1096,7 @@ class _Scene:
                 seat, bar, knee, foot, shoulder = pt(-0.1, 0.7), pt(0.32, 0.85), pt(0.18, 0.55), pt(0.1, 0.3), pt(0.05, 1.12)
             else:
                 wr, wb = 0.23, 0.36
-                t = 0.035
+                t = 0.05
                 for x in (-wb, wb):
                     ring = p.ellipse_pts(x * d, wr, wr * max(abs(d), 0.15), wr, 14)
                     for a, b in zip(ring, np.roll(ring, -1, axis=0)):
@@ -1051,14 +1111,14 @@ class _Scene:
                 seat, bar, knee, foot, shoulder = pt(-0.12, 0.62), pt(0.25, 0.66), pt(0.06, 0.45), pt(0.0, 0.15), pt(0.06, 1.05)
             if not ridden:
                 return
-            hw = 0.05
+            hw = 0.05 * _BODY_WIDTH
             p.sprite(u, v, s, _quad_poly(seat, knee, hw), RIDER, trousers)
             p.sprite(u, v, s, _quad_poly(knee, foot, hw * 0.8), RIDER, trousers)
-            torso_w = 0.09 if abs(d) > 0.45 else 0.13
+            torso_w = (0.09 if abs(d) > 0.45 else 0.13) * _BODY_WIDTH
             p.sprite(u, v, s, _quad_poly(seat, shoulder, torso_w), RIDER, shirt)
-            p.sprite(u, v, s, _quad_poly(shoulder, bar, 0.03), RIDER, _shade(shirt, 0.85))
+            p.sprite(u, v, s, _quad_poly(shoulder, bar, 0.03 * _BODY_WIDTH), RIDER, _shade(shirt, 0.85))
             hx, hy = shoulder[0] + 0.03 * d, shoulder[1] + 0.12
-            p.sprite(u, v, s, p.ellipse_pts(hx, hy, 0.075, 0.085, 10), RIDER, helmet if motor else skin)
+            p.sprite(u, v, s, p.ellipse_pts(hx, hy, 0.075 * _BODY_WIDTH, 0.085, 10), RIDER, helmet if motor else skin)
 
         self.add(Z, draw)
 

@@ -98,3 +98,41 @@ def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = Non
     if dist.is_main():
         print(f"{folder}: {kind} pseudo labels for {len(reader)} images ({len(reader) - len(missing)} were there)")
     return folder
+
+
+def hard_label_quality(cfg, folder: str | Path, threshold: float, progress: bool = True) -> dict[str, float]:
+    """How good stored hard labels are, where the target training set has labels (benchmarks).
+
+    ``miou``: argmax labels against the truth over every labelled pixel; ``miou_kept``: over the pixels the
+    threshold keeps; ``kept_fraction``: share of labelled pixels kept. Empty when there is no ground truth.
+    """
+    from ..adapt.base import target_reader
+    from ..data.labels import IGNORE_INDEX
+    from ..data.pseudo_labels import threshold_labels
+    from .metrics import ConfusionMatrix
+
+    reader = target_reader(cfg, with_labels=True)
+    if not reader.has_labels:
+        return {}
+    store = PseudoLabelStore.open(folder, kind="hard", num_classes=cfg.data.num_classes)
+    every, kept = ConfusionMatrix(cfg.data.num_classes), ConfusionMatrix(cfg.data.num_classes)
+    kept_pixels = labelled = 0
+    for i in tqdm(range(len(reader)), desc="pseudo-label quality", disable=not progress, leave=False):
+        sample = reader[i]
+        truth = torch.from_numpy(sample["label"]).long()
+        label, conf = store.read_hard(sample["name"])
+        if label.shape != sample["label"].shape:
+            label = cv2.resize(label, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+            conf = cv2.resize(conf, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        thresholded = torch.from_numpy(threshold_labels(label, conf, threshold)).long()
+        every.update(torch.from_numpy(label).long(), truth)
+        keep = thresholded != IGNORE_INDEX
+        kept.update(thresholded.masked_fill(~keep, 0), truth.masked_fill(~keep, IGNORE_INDEX))
+        valid = truth != IGNORE_INDEX
+        labelled += int(valid.sum())
+        kept_pixels += int((valid & keep).sum())
+    def finite(value: float) -> float | None:
+        return None if value != value else value  # nothing kept: no score (JSON has no NaN)
+
+    return {"miou": finite(every.miou()), "miou_kept": finite(kept.miou()),
+            "kept_fraction": kept_pixels / max(labelled, 1), "threshold": threshold}
