@@ -1,0 +1,82 @@
+"""The pipeline on a tiny dataset: every step runs once, a finished run is skipped, --from reruns."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fixtures import write_cityscapes, write_gta5
+from proda.pipeline import Pipeline, PipelineSpec, run_pipeline
+from proda.report import gap_closed
+from proda.errors import ConfigError
+
+PIPELINE = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
+IDS = [7, 8, 11, 21, 23, 26, 0]
+TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.head_mid=16", "optim.iterations=2",
+        "run.eval_every=2", "warmup.disc_width=4", "run.tensorboard=false", "ssl.proj_hidden=16", "ssl.proj_dim=8"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    write_gta5(root / "gta5", n=4, size=(48, 24), ids=IDS)
+    write_cityscapes(root / "cityscapes", per_city=2, size=(48, 24), ids=IDS)
+    overrides = [f"out_dir={root / 'runs'}", f"data.source_root={root / 'gta5'}",
+                 f"data.target_root={root / 'cityscapes'}", *TINY]
+    report = run_pipeline(PIPELINE, overrides, progress=False)
+    return root, overrides, report
+
+
+def test_every_step_ran_and_the_report_is_complete(finished):
+    root, _, report = finished
+    runs = root / "runs"
+    assert list(report["stages"]) == ["source_only", "oracle", "warmup", "stage1", "ssl", "stage2", "stage3"]
+    for stage in ("source_only", "oracle", "warmup", "stage1", "stage2", "stage3"):
+        assert 0.0 <= report["stages"][stage]["target_miou"] <= 100.0
+        assert (runs / stage / "config.yaml").is_file() and (runs / stage / "metrics.jsonl").is_file()
+    assert "target_miou" not in report["stages"]["ssl"]
+    assert set(report["stages"]["stage1"]["pseudo_label_miou"]) == {"raw", "rectified"}
+    assert (runs / "warmup" / "prototypes.pth").is_file()
+    assert json.loads((runs / "report.json").read_text())["stages"].keys() == report["stages"].keys()
+    assert (runs / "report.md").read_text().startswith("# proda pipeline report")
+    assert (runs / "report.png").stat().st_size > 10_000
+    assert set(report["gap_closed"]) <= {"warmup", "stage1", "stage2", "stage3"}
+
+
+def test_a_finished_pipeline_is_skipped(finished):
+    root, overrides, report = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")}
+    again = run_pipeline(PIPELINE, overrides, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")} == stamps
+    assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
+
+
+def test_from_reruns_that_step_and_the_later_ones_only(finished):
+    root, overrides, _ = finished
+    runs = root / "runs"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/latest.pth")}
+    run_pipeline(PIPELINE, overrides, start_from="stage2", progress=False)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/latest.pth")}
+    for stage in ("source_only", "oracle", "warmup", "stage1", "ssl"):
+        assert after[stage] == before[stage], stage
+    for stage in ("stage2", "stage3"):
+        assert after[stage] != before[stage], stage
+    with pytest.raises(ConfigError, match="--from stage9: not a step"):
+        run_pipeline(PIPELINE, overrides, start_from="stage9", progress=False)
+
+
+def test_links_between_stages(tmp_path):
+    pipe = Pipeline(PipelineSpec.load(PIPELINE, [f"out_dir={tmp_path}", "data.source_root=s", "data.target_root=t"]))
+    cfg = pipe.config("stage3")
+    assert cfg.model.init == str(tmp_path / "stage2" / "latest.pth")
+    assert cfg.distill.teacher == str(tmp_path / "stage2" / "latest.pth")
+    assert cfg.distill.pseudo_labels == str(tmp_path / "stage2" / "pseudo_hard")
+    assert pipe.config("stage2").model.init_format == "proda_backbone"
+    assert pipe.config("warmup").model.init == str(tmp_path / "source_only" / "latest.pth")
+
+
+def test_gap_closed():
+    report = {"stages": {"source_only": {"target_miou": 20.0}, "oracle": {"target_miou": 60.0},
+                         "stage1": {"target_miou": 40.0}, "stage3": {"target_miou": 50.0}}}
+    assert gap_closed(report) == {"stage1": 0.5, "stage3": 0.75}
