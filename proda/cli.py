@@ -48,7 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pred-format", choices=["auto", "trainid", "labelid"], default="auto")
     e.add_argument("--input-size", type=_size, default=None, help="network input WxH (default: the checkpoint's)")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding windows")
+    e.add_argument("--scales", default="1", help="comma-separated input scales, e.g. 0.75,1,1.25")
+    e.add_argument("--flip", action="store_true", help="add the mirrored image (test-time augmentation)")
+    e.add_argument("--crop-size", type=_size, default=None, help="sliding-window size WxH")
+    e.add_argument("--plots", default=None, help="write per-class IoU and confusion-matrix PNGs into this folder")
     e.add_argument("--json", help="write the result as JSON")
+
+    pd = sub.add_parser("predict", help="segment images: colour maps, overlays, trainId or label-id PNGs")
+    pd.add_argument("--checkpoint", required=True)
+    pd.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    pd.add_argument("--out", required=True)
+    pd.add_argument("--format", default="color", help="comma-separated: color,overlay,trainid,labelid")
+    pd.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    pd.add_argument("--scales", default="1")
+    pd.add_argument("--flip", action="store_true")
+    pd.add_argument("--input-size", type=_size, default=None)
+    pd.add_argument("--crop-size", type=_size, default=None)
+    pd.add_argument("--batch-size", type=int, default=1)
+    pd.add_argument("--device", default="cpu")
+    pd.add_argument("--no-progress", action="store_true")
+
+    rp = sub.add_parser("report", help="training curves of a run folder as a PNG")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -124,6 +147,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "predict":
+        from .engine.predict import predict_command
+
+        return predict_command(args.checkpoint, args.inputs, args.out, formats=args.format, mode=args.mode,
+                               scales=args.scales, flip=args.flip, input_size=args.input_size, device=args.device,
+                               crop_size=args.crop_size, batch_size=args.batch_size, progress=not args.no_progress)
+    if args.command == "report":
+        from .engine.plots import report_command
+
+        print(report_command(args.run_dir, args.out))
+        return 0
     if args.command == "prototypes":
         from .config import load_config
         from .engine.prototypes import prototypes_command
@@ -190,10 +224,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     split = args.split if args.dataset == "cityscapes" else None  # GTA5/SYNTHIA are used whole
     reader = build_dataset(args.dataset, args.root, split=split, num_classes=num_classes)
     input_size = args.input_size or (tuple(meta["input"]["size"]) if meta["input"].get("size") else None)
+    scales = tuple(float(v) for v in args.scales.split(","))
     cm = evaluate_model(model, reader, device, num_classes, input_size=input_size,
-                        mean=meta["input"]["mean"], std=meta["input"]["std"])
+                        mean=meta["input"]["mean"], std=meta["input"]["std"], mode=args.mode, scales=scales,
+                        flip=args.flip, crop_size=args.crop_size)
     result = summarize(cm, num_classes)
     print(cm.format_table(meta["class_names"]))
+    if args.plots:
+        from .engine.plots import evaluation_plots
+
+        for path in evaluation_plots(cm, meta["class_names"], args.plots):
+            print(f"wrote {path}")
     print(f"mIoU {result['miou']:.2f}" + (f"  (13 classes: {result['miou_13']:.2f})" if "miou_13" in result else ""))
     if args.json:
         write_json(args.json, result)

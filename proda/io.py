@@ -18,7 +18,10 @@ from PIL import Image
 
 from .errors import DataError
 
-cv2.setNumThreads(0)  # decoding runs inside DataLoader workers; opencv's own pool only oversubscribes
+cv2.setNumThreads(0)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK  # decoding runs inside DataLoader workers; opencv's own pool only oversubscribes
 
 
 @contextlib.contextmanager
@@ -31,6 +34,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; outputs are ordinary files
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

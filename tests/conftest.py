@@ -32,3 +32,10 @@ def synthia_data(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def cityscapes_data(tmp_path: Path) -> tuple[Path, dict[str, dict[str, np.ndarray]]]:
     root = tmp_path / "cityscapes"
     return root, write_cityscapes(root)
+
+
+# Test tensors are tiny: one thread avoids oversubscribing the (shared, 2-core) machine, which made single
+# forward passes up to 100x slower with torch's default pool.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

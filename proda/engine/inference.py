@@ -54,16 +54,21 @@ def check_inference_options(
     stride: tuple[int, int] | None = None,
 ) -> None:
     """ConfigError for options no inference can run with (checked before any image is read)."""
-    if mode not in INFERENCE_MODES:
-        raise ConfigError(f"inference mode must be one of {list(INFERENCE_MODES)}, got {mode!r}")
-    if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
-        raise ConfigError(f"scales must be positive numbers, got {list(scales)}")
+    check_mode_and_scales(mode, scales)
     if mode == "slide":
         if crop_size is None:
             raise ConfigError("slide inference needs a window size (crop_size WxH)")
         for name, size in (("crop_size", crop_size), ("stride", stride)):
             if size is not None and (len(size) != 2 or min(size) <= 0):
                 raise ConfigError(f"{name} must be two positive integers (W, H), got {size}")
+
+
+def check_mode_and_scales(mode: str, scales: Sequence[float]) -> None:
+    """The part of :func:`check_inference_options` that needs no window size (checkable up front)."""
+    if mode not in INFERENCE_MODES:
+        raise ConfigError(f"inference mode must be one of {list(INFERENCE_MODES)}, got {mode!r}")
+    if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
+        raise ConfigError(f"scales must be positive numbers, got {list(scales)}")
 
 
 def resolve_sizes(
@@ -80,6 +85,7 @@ def resolve_sizes(
       the checkpoint's input size: sliding is how a model evaluated on downscaled images is run at full
       resolution. Without either there is no sensible window, which is an error.
     """
+    check_mode_and_scales(mode, (1.0,))
     ckpt = tuple(int(v) for v in checkpoint_size) if checkpoint_size else None
     if mode == "whole":
         return (tuple(input_size) if input_size else ckpt), None  # type: ignore[return-value]

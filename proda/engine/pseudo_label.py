@@ -23,20 +23,13 @@ from ..data.transforms import image_to_tensor
 from ..errors import DataError
 from ..models.build import normalize, upsample
 from . import dist
+from .inference import infer_probabilities
 
 
 @torch.no_grad()
 def soft_probabilities(model, image: torch.Tensor, mean, std) -> torch.Tensor:
     """[C, h, w] softmax at network output resolution of one [3,H,W] image in [0,1]."""
     return model(normalize(image[None], mean, std))["out"].float().softmax(1)[0]
-
-
-@torch.no_grad()
-def flip_averaged_probabilities(model, image: torch.Tensor, mean, std, size: tuple[int, int]) -> torch.Tensor:
-    """[C, H, W] mean of the softmax of the image and of its mirror image (mirrored back), at ``size``."""
-    batch = normalize(torch.stack([image, image.flip(-1)]), mean, std)
-    prob = upsample(model(batch)["out"].float(), size).softmax(1)
-    return (prob[0] + prob[1].flip(-1)) / 2
 
 
 def generate_pseudo_labels(model, reader, store: PseudoLabelStore, device: torch.device, soft: bool,
@@ -51,7 +44,7 @@ def generate_pseudo_labels(model, reader, store: PseudoLabelStore, device: torch
         if soft:
             data = encode_soft(soft_probabilities(model, image, mean, std).cpu().numpy())
         else:
-            prob = flip_averaged_probabilities(model, image, mean, std, tuple(image.shape[-2:]))
+            prob = infer_probabilities(model, image[None], tuple(image.shape[-2:]), mean, std, flip=True)[0]
             conf, label = prob.max(0)
             data = encode_hard(label.to(torch.uint8).cpu().numpy(), conf.cpu().numpy())
         store.write(sample["name"], data)

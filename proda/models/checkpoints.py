@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,7 +77,7 @@ class Weights:
     state: State  # the whole network (proda, original) or the backbone only
     prototypes: torch.Tensor | None = None  # an original stage-1 file's objective_vectors [C, head_mid]
     iteration: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # proda: 'meta'; original: 'best_iou'
+    best_iou: float | None = None  # what an original file says it scored
 
     @property
     def whole(self) -> bool:
@@ -98,14 +98,13 @@ def read_weights(path: str | os.PathLike, fmt: str = "auto") -> Weights:
         state = _tensor_dict(raw["model"], source)
         if fmt == "proda_backbone":
             return Weights(fmt, {k: v for k, v in state.items() if is_backbone_key(k)})
-        return Weights(fmt, state, iteration=raw.get("iteration"), info={"meta": raw.get("meta")})
+        return Weights(fmt, state, iteration=raw.get("iteration"))
     state = _tensor_dict(_flat_state(raw), source)
     if fmt == "original":
-        entry = raw.get("ResNet101", {}) if isinstance(raw, dict) else {}
-        protos = entry.get("objective_vectors") if isinstance(entry, dict) else None
-        return Weights(fmt, state, prototypes=_live_prototypes(protos, state, source),
-                       iteration=raw.get("iter") if isinstance(raw, dict) else None,
-                       info={"best_iou": raw.get("best_iou")} if isinstance(raw, dict) else {})
+        outer = raw if isinstance(raw, dict) else {}
+        entry = outer.get("ResNet101") if isinstance(outer.get("ResNet101"), dict) else {}
+        return Weights(fmt, state, prototypes=_live_prototypes(entry.get("objective_vectors"), state, source),
+                       iteration=outer.get("iter"), best_iou=outer.get("best_iou"))
     if any(_SELECTIVE_KERNEL.search(k) for k in state):
         raise CheckpointError(f"{source}: a selective-kernel (SimCLRv2 sk1) ResNet, which DeepLabV2 cannot hold; "
                               "use an sk0 checkpoint (e.g. r101_1x_sk0)")
@@ -150,7 +149,7 @@ def detect_format(state: Any, source: str = "checkpoint") -> str:
                           f"ProDA .pkl, a torchvision ResNet or a SimCLRv2 sk0 ResNet); found {_describe(state)}")
 
 
-def infer_architecture(state: State) -> dict[str, Any]:
+def infer_architecture(state: State, source: str = "state dict") -> dict[str, Any]:
     """DeepLabV2 settings that fit a state dict in DeepLabV2 key names (the one place they are read from keys).
 
     Returns ``depth`` (block type and layer3 block count: 6 -> 50, 23 -> 101, ...), ``width`` (conv1's output
@@ -158,13 +157,14 @@ def infer_architecture(state: State) -> dict[str, Any]:
     width, else None), ``num_classes`` (None for a backbone) and ``bn_pretrain`` (whether its keys are there).
     """
     if "conv1.weight" not in state:
-        raise CheckpointError(f"no conv1.weight: not a ResNet state dict; found {_describe(state)}")
+        raise CheckpointError(f"{source}: no conv1.weight, not a ResNet; found {_describe(state)}")
     bottleneck = "layer1.0.conv3.weight" in state
     blocks3 = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
     depths = [d for d, (block, layers) in RESNET_SPECS.items()
               if (block is Bottleneck) == bottleneck and layers[2] == blocks3]
     if not depths:
-        raise CheckpointError(f"a ResNet with {blocks3} layer3 blocks ({'bottleneck' if bottleneck else 'basic'}) "
+        kind = "bottleneck" if bottleneck else "basic"
+        raise CheckpointError(f"{source}: a ResNet with {blocks3} layer3 blocks ({kind}) "
                               f"is none of depths {sorted(RESNET_SPECS)}")
     head = head_mid = num_classes = None
     if "layer5.head.1.weight" in state:
@@ -265,6 +265,8 @@ def _architecture_hint(model: torch.nn.Module, state: State, fields: tuple[str, 
         arch = infer_architecture(state)
     except CheckpointError:
         return ""
+    if arch["head"] is None:  # a backbone says nothing about the head or bn_pretrain
+        fields = tuple(f for f in fields if f in ("depth", "width"))
     ours = infer_architecture(model.state_dict())
     fixes = [f"{_CONFIG_KEYS[k]}={str(arch[k]).lower() if isinstance(arch[k], bool) else arch[k]}"
              for k in fields if arch[k] is not None and arch[k] != ours[k]]
@@ -292,7 +294,7 @@ def _live_prototypes(protos: Any, state: State, source: str) -> torch.Tensor | N
     """An original file's objective_vectors when they hold prototypes (stage 1); other stages save zeros."""
     if not isinstance(protos, torch.Tensor) or not bool(protos.any()):
         return None
-    arch = infer_architecture(state)
+    arch = infer_architecture(state, source)
     if tuple(protos.shape) != (arch["num_classes"], arch["head_mid"]):
         raise CheckpointError(f"{source}: objective_vectors {tuple(protos.shape)} do not fit the model's "
                               f"{arch['num_classes']} classes x {arch['head_mid']} features")

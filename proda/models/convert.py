@@ -35,7 +35,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, fmt: str 
     weights = read_weights(src, fmt)
     if weights.fmt in ("proda", "proda_backbone"):
         raise CheckpointError(f"{src}: already a proda checkpoint; use it as it is")
-    arch = infer_architecture(weights.state)
+    arch = infer_architecture(weights.state, str(src))
     if weights.whole:
         if num_classes is not None and num_classes != arch["num_classes"]:
             raise CheckpointError(f"{src}: a {arch['num_classes']}-class model; --num-classes {num_classes} "
@@ -68,8 +68,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, fmt: str 
     meta = model_meta(cfg)
     meta["stage"] = "converted"
     meta["converted_from"] = {"path": os.path.abspath(src), "format": weights.fmt, "iteration": weights.iteration,
-                              "architecture": arch, "prototypes": weights.prototypes is not None,
-                              "fresh_head": not weights.whole}
+                              "best_iou": weights.best_iou, "architecture": arch,
+                              "prototypes": weights.prototypes is not None, "fresh_head": not weights.whole}
     state: dict[str, Any] = {
         "format": "proda",
         "stage": "converted",
