@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--device", default="cpu")
     pd.add_argument("--no-progress", action="store_true")
 
+    cv = sub.add_parser("convert", help="turn an original ProDA .pkl or a torchvision/SimCLR backbone into a proda checkpoint")
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.add_argument("--format", default="auto", choices=["auto", "original", "torchvision", "simclr"])
+    cv.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None,
+                    help="required for a backbone-only file (it gets a fresh head)")
+
     rp = sub.add_parser("report", help="training curves of a run folder as a PNG")
     rp.add_argument("run_dir")
     rp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
@@ -153,6 +160,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return predict_command(args.checkpoint, args.inputs, args.out, formats=args.format, mode=args.mode,
                                scales=args.scales, flip=args.flip, input_size=args.input_size, device=args.device,
                                crop_size=args.crop_size, batch_size=args.batch_size, progress=not args.no_progress)
+    if args.command == "convert":
+        from .models.convert import convert_command
+
+        return convert_command(args.src, args.dst, args.format, args.num_classes)
     if args.command == "report":
         from .engine.plots import report_command
 
