@@ -406,3 +406,19 @@ def test_infer_architecture_of_classic_head_and_basic_blocks() -> None:
                                          "head_mid": None, "bn_pretrain": False}
     with pytest.raises(CheckpointError, match="x.pth: no conv1.weight"):
         infer_architecture({"fc.weight": torch.zeros(2, 2)}, "x.pth")
+
+
+def test_converted_stage1_prototypes_seed_stage1(tmp_path):
+    """The prototypes of an original stage-1 file, once converted, load as a PrototypeBank."""
+    import torch
+
+    from proda.adapt.prototypes import PrototypeBank
+    from proda.models.convert import convert_checkpoint
+    from proda.models.deeplab import DeepLabV2
+
+    model = DeepLabV2(19, depth=18, width=8, head_mid=32)
+    protos = torch.randn(19, 32)
+    torch.save({"ResNet101": {"model_state": model.state_dict(), "objective_vectors": protos}, "iter": 5}, tmp_path / "s1.pkl")
+    convert_checkpoint(tmp_path / "s1.pkl", tmp_path / "s1.pth")
+    bank = PrototypeBank.load(tmp_path / "s1.pth")
+    assert torch.equal(bank.prototypes, protos)

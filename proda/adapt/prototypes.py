@@ -212,16 +212,21 @@ class PrototypeBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: torch.device | str = "cpu") -> "PrototypeBank":
-        """Read a bank written by :meth:`save`, or the original's bare ``torch.save(tensor[C,D])`` file.
+        """Read a bank written by :meth:`save`, the original's bare ``torch.save(tensor[C,D])`` file, or the
+        prototypes inside a proda checkpoint (a converted ProDA stage-1 file, or a stage-1 run).
 
         For a bare tensor, counts are unknown (0) and a class counts as initialised when its row is non-zero.
         """
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: prototype file not found") from None
-        except Exception as exc:  # torn, truncated or not a torch file
-            raise CheckpointError(f"{path}: not a readable prototype file ({exc})") from None
+        from ..engine.checkpoint import load_checkpoint
+
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path}: prototype file not found")
+        obj = load_checkpoint(path, map_location=map_location)
+        if isinstance(obj, dict) and obj.get("format") == "proda":
+            # a proda checkpoint: a converted original stage-1 file, or a stage-1 run's live prototypes
+            obj = obj.get("prototypes") or obj.get("stage_state", {}).get("prototypes")
+            if obj is None:
+                raise CheckpointError(f"{path}: a proda checkpoint without prototypes")
         if isinstance(obj, torch.Tensor):
             if obj.dim() != 2:
                 raise CheckpointError(f"{path}: expected a [C,D] prototype tensor, got shape {tuple(obj.shape)}")
