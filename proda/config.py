@@ -54,6 +54,10 @@ class ModelConfig:
     head_mid: int = 256
     dropout: float = 0.1
     bn_pretrain: bool = False  # the extra BN before the head (used with self-supervised backbones)
+    # Initial weights before model.init is loaded: 'original' = N(0, 0.01) for every conv, as ProDA (its
+    # backbone then comes from ImageNet); 'kaiming' = He-normal convs, far better for training from scratch
+    # (the synthetic benchmark, which has no pretrained backbone).
+    weight_init: Literal["original", "kaiming"] = "original"
     init: Optional[str] = None  # a checkpoint to start from (see proda.models.checkpoints for formats)
     # proda_backbone: only the backbone of a proda checkpoint (e.g. `proda pretrain-ssl`), with a fresh head
     init_format: Literal["auto", "proda", "proda_backbone", "original", "torchvision", "simclr"] = "auto"

@@ -315,3 +315,17 @@ def test_discriminator_shape_and_names() -> None:
     small = FCDiscriminator(5, ndf=8)
     assert small(torch.randn(1, 5, 33, 33)).shape == (1, 1, 3, 3)
     assert small.classifier.weight.shape == (1, 64, 1, 1)
+
+
+def test_kaiming_weight_init_option():
+    """model.weight_init=kaiming re-initialises convs for from-scratch training; the classifier stays small."""
+    from proda.config import load_config
+    from proda.models.build import build_model
+
+    base = ["data.source_root=x", "data.target_root=y", "model.depth=18", "model.width=8", "model.head_mid=16"]
+    original = build_model(load_config(None, base).model, 19)
+    kaiming = build_model(load_config(None, [*base, "model.weight_init=kaiming"]).model, 19)
+    assert abs(float(original.conv1.weight.std()) - 0.01) < 0.002
+    fan_out = kaiming.conv1.out_channels * 7 * 7
+    assert abs(float(kaiming.conv1.weight.std()) - (2.0 / fan_out) ** 0.5) < 0.02
+    assert abs(float(kaiming.layer5.head[1].weight.std()) - 0.01) < 0.003

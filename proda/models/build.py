@@ -10,7 +10,7 @@ from .deeplab import DeepLabV2
 
 
 def build_model(model_cfg, num_classes: int) -> DeepLabV2:
-    return DeepLabV2(
+    model = DeepLabV2(
         num_classes,
         depth=model_cfg.depth,
         width=model_cfg.width,
@@ -19,6 +19,15 @@ def build_model(model_cfg, num_classes: int) -> DeepLabV2:
         bn_pretrain=model_cfg.bn_pretrain,
         dropout=model_cfg.dropout,
     )
+    if getattr(model_cfg, "weight_init", "original") == "kaiming":
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # the convs that output logits start small, so early predictions do not saturate the softmax
+        classifiers = [model.layer5.head[-1]] if model.head_name == "proda" else list(model.layer5.conv2d_list)
+        for conv in classifiers:
+            torch.nn.init.normal_(conv.weight, std=0.01)
+    return model
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
