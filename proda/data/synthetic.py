@@ -3,17 +3,21 @@
 The real GTA5 -> Cityscapes setting needs ~60 GB of data and a GPU. This module draws a small stand-in that
 runs the whole ProDA pipeline on a laptop CPU and shows the same kind of gap:
 
-* **source** (``gta5/``): "rendered" scenes: flat, saturated colours, crisp edges, uniform lighting, almost no
-  noise; many cars and trucks, wide roads, a wide-angle camera;
-* **target** (``cityscapes/``): the *same* scene grammar (geometry, layout, context and instance colour
-  distributions are shared) seen through a systematic "real camera" transformation: per-class colour shifts,
-  a per-image colour cast, gamma and contrast change, low-frequency illumination and cast shadows, texture
-  and sensor noise, blur; plus a different object mix (more persons and bicycles, fewer cars and trucks),
-  narrower roads, a lower horizon, a longer focal length and the ego-vehicle hood at the bottom.
+* **source** (``gta5/``): "rendered" scenes: flat, saturated colours, crisp edges, uniform lighting, little
+  noise, large sidewalk slabs and clean asphalt; many cars and trucks, wide roads, a wide-angle camera;
+* **target** (``cityscapes/``): the *same* scene grammar (geometry, layout, context, object shapes) seen
+  through a systematic "real camera" transformation: moderate per-class colour shifts, a per-image colour
+  cast, gamma and contrast change, low-frequency illumination and cast shadows, texture and sensor noise,
+  blur; different materials (small paving tiles, patched asphalt, framed windows, leafier trees, muted car
+  and clothing colours); a different object mix (more persons and bicycles, fewer cars and trucks), narrower
+  roads, a lower horizon, a longer focal length and the ego-vehicle hood along the bottom edge.
 
 The appearance change is a transformation of the source look, never a swap of class appearances, so
 self-training on confident pseudo labels, prototype denoising and photometric-augmentation consistency can
-recover much of the gap. Every knob lives in :class:`DomainStyle` (:data:`SOURCE_STYLE`, :data:`TARGET_STYLE`).
+recover much of the gap; photometric augmentation alone recovers only part of it (the materials and the
+object mix need target data). Every knob lives in :class:`DomainStyle` (:data:`SOURCE_STYLE`,
+:data:`TARGET_STYLE`); ``dataclasses.replace(TARGET_STYLE, ...)`` gives a variant, and ``write_benchmark``
+records both styles in ``meta.json``.
 
 Files use the official layouts (see ``DATASETS.md``), so the real readers load them unchanged:
 
@@ -478,7 +482,7 @@ class _Scene:
         self.z_bottom = focal / (1 - horizon)  # depth of the ground at the bottom image row
         self.jit = style.instance_jitter
         self.objects: list[tuple[float, int, Callable[[], None]]] = []  # (depth, tie-break, draw)
-        self.shadow_polys: list[np.ndarray] = []
+        self.crossing: float | None = None  # depth of a zebra crossing, if any
 
     def paint(self, options: tuple[_Colour, ...]) -> _Colour:
         """An instance colour: from ``options``, or (style.muted_paint of the time) from the muted palette."""
