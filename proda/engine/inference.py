@@ -229,7 +229,3 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or (image.shape[1], image.shape[0]) == tuple(size):
         return image
     return cv2.resize(image, tuple(int(v) for v in size), interpolation=cv2.INTER_LINEAR)
-
-
-def labels_to_numpy(pred: torch.Tensor) -> np.ndarray:
-    return pred.to(torch.uint8).cpu().numpy()
