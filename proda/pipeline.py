@@ -27,7 +27,6 @@ import yaml
 
 from .config import load_config
 from .errors import ConfigError
-from .io import write_json
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
               "hard_labels_2", "stage3")

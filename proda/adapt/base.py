@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import build_dataset
-from ..data.transforms import WeakGeometry, apply_weak_geometry, image_to_tensor, label_to_tensor, sample_weak_geometry
+from ..data.transforms import WeakCropper, image_to_tensor, label_to_tensor
 from ..engine.data import AugmentedDataset
 
 
@@ -79,20 +79,16 @@ class Stage:
 
 def weak_view_fn(cfg, with_label: bool = True):
     """The weak training view of ProDA as a picklable callable for :class:`AugmentedDataset`."""
-    return _WeakView(cfg.data.crop_size, cfg.data.resize_width, cfg.data.scale_range, cfg.data.hflip, with_label)
+    return _WeakView(WeakCropper.from_config(cfg.data), with_label)
 
 
 class _WeakView:
-    def __init__(self, crop_size, resize_width, scale_range, hflip, with_label):
-        self.crop_size, self.resize_width = tuple(crop_size), resize_width
-        self.scale_range, self.hflip, self.with_label = tuple(scale_range), hflip, with_label
+    def __init__(self, cropper: WeakCropper, with_label: bool):
+        self.cropper, self.with_label = cropper, with_label
 
     def __call__(self, sample: dict[str, Any], rng) -> dict[str, Any]:
-        image = sample["image"]
-        h, w = image.shape[:2]
-        geom: WeakGeometry = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
         label = sample.get("label") if self.with_label else None
-        crop, label_crop = apply_weak_geometry(geom, image, label)
+        geom, crop, label_crop = self.cropper(rng, sample["image"], label)
         out = {"image": image_to_tensor(crop), "geometry": geom.to_tensor(), "name": sample["name"]}
         if label_crop is not None:
             out["label"] = label_to_tensor(label_crop)

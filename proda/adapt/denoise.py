@@ -22,9 +22,7 @@ from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, soft_labels_for_crop
 from ..data.strong import warp_to_strong
 from ..data.strong import strong_view
-from ..data.transforms import (
-    WeakGeometry, apply_weak_geometry, full_to_weak, image_to_tensor, label_to_tensor, sample_weak_geometry,
-)
+from ..data.transforms import WeakCropper, WeakGeometry, full_to_weak, image_to_tensor, label_to_tensor
 from ..engine.data import AugmentedDataset
 from ..engine.metrics import ConfusionMatrix
 from ..models.build import normalize, upsample
@@ -57,9 +55,8 @@ class Stage1TargetView:
 
     def __init__(self, cfg, soft_root: str):
         d, s1 = cfg.data, cfg.stage1
-        self.crop_size, self.resize_width = tuple(d.crop_size), d.resize_width
-        self.scale_range, self.hflip = tuple(d.scale_range), d.hflip
-        self.grid = grid_size(self.crop_size, s1.loss_stride)
+        self.cropper = WeakCropper.from_config(d)
+        self.grid = grid_size(self.cropper.crop_size, s1.loss_stride)
         self.strong_ops, self.cutout = s1.strong_ops, s1.cutout
         self.soft_root = soft_root
         self._store: PseudoLabelStore | None = None  # opened lazily, inside each DataLoader worker
@@ -68,9 +65,7 @@ class Stage1TargetView:
         if self._store is None:
             self._store = PseudoLabelStore.open(self.soft_root, kind="soft")
         image = sample["image"]
-        h, w = image.shape[:2]
-        geom = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
-        crop, label_crop = apply_weak_geometry(geom, image, sample.get("label"))
+        geom, crop, label_crop = self.cropper(rng, image, sample.get("label"))
         strong, transform = strong_view(crop, rng, n_ops=self.strong_ops, cutout=self.cutout)
         out = {
             "image": image_to_tensor(crop),

@@ -15,7 +15,7 @@ import torch
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, hard_labels_for_crop, threshold_labels
 from ..data.strong import labels_to_strong, strong_view
-from ..data.transforms import apply_weak_geometry, image_to_tensor, sample_weak_geometry
+from ..data.transforms import WeakCropper, image_to_tensor
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from ..models.checkpoints import load_model_for_config
@@ -30,9 +30,8 @@ class DistillTargetView:
 
     def __init__(self, cfg):
         d, k = cfg.data, cfg.distill
-        self.crop_size, self.resize_width = tuple(d.crop_size), d.resize_width
-        self.scale_range, self.hflip = tuple(d.scale_range), d.hflip
-        self.grid = grid_size(self.crop_size, k.loss_stride)
+        self.cropper = WeakCropper.from_config(d)
+        self.grid = grid_size(self.cropper.crop_size, k.loss_stride)
         self.strong_ops, self.cutout, self.threshold = k.strong_ops, k.cutout, k.threshold
         self.root = k.pseudo_labels
         self._store: PseudoLabelStore | None = None
@@ -40,10 +39,7 @@ class DistillTargetView:
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         if self._store is None:
             self._store = PseudoLabelStore.open(self.root, kind="hard")
-        image = sample["image"]
-        h, w = image.shape[:2]
-        geom = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
-        crop, _ = apply_weak_geometry(geom, image)
+        geom, crop, _ = self.cropper(rng, sample["image"])
         strong, transform = strong_view(crop, rng, n_ops=self.strong_ops, cutout=self.cutout)
         label, conf = self._store.read_hard(sample["name"])
         pseudo = threshold_labels(label, conf, self.threshold)

@@ -72,6 +72,27 @@ def apply_weak_geometry(
     return image, label
 
 
+@dataclass(frozen=True)
+class WeakCropper:
+    """The weak view's settings (from ``cfg.data``) and the one way every training view draws and applies it."""
+
+    crop_size: tuple[int, int]
+    resize_width: int | None
+    scale_range: tuple[float, float]
+    hflip: bool
+
+    @staticmethod
+    def from_config(data_cfg) -> "WeakCropper":
+        return WeakCropper(tuple(data_cfg.crop_size), data_cfg.resize_width, tuple(data_cfg.scale_range), data_cfg.hflip)
+
+    def __call__(self, rng: np.random.Generator, image: np.ndarray, label: np.ndarray | None = None
+                 ) -> tuple[WeakGeometry, np.ndarray, np.ndarray | None]:
+        h, w = image.shape[:2]
+        geom = sample_weak_geometry(rng, (w, h), self.crop_size, self.resize_width, self.scale_range, self.hflip)
+        crop, label_crop = apply_weak_geometry(geom, image, label)
+        return geom, crop, label_crop
+
+
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> float32 [3, H, W] in [0, 1] (ProDA's input range; normalisation is the model's)."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)

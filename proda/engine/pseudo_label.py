@@ -14,14 +14,13 @@ import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..data.pseudo_labels import PseudoLabelStore, encode_hard, encode_soft
 from ..data.transforms import image_to_tensor
 from ..errors import DataError
-from ..models.build import normalize, upsample
+from ..models.build import normalize
 from . import dist
 from .inference import infer_probabilities
 
