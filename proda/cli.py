@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default=None, help="Cityscapes split (default train)")
     c.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None)
     c.add_argument("--json", help="write counts and problems as JSON")
+    pc = dsub.add_parser(
+        "prepare", help="write a trainId label cache and per-image class statistics (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Decode every label once (as training does; bad files are reported and left out) and write\n"
+                    "  OUT/<label path relative to ROOT>  8-bit PNGs of the 19 trainIds (255 = ignore),\n"
+                    "  OUT/class_stats_<split>.npz       pixels per class per image (split 'all' for gta5/synthia),\n"
+                    "with OUT = ROOT/proda_cache by default. Training and `proda evaluate` read ROOT/proda_cache\n"
+                    "automatically when it exists (another folder: data.source_label_cache=DIR or\n"
+                    "data.target_label_cache=DIR; null turns the cache off); a cached label is used only if it is\n"
+                    "not older than its original, so edited labels are never shadowed. One cache serves every\n"
+                    "protocol (19/16/13 classes). Interrupted? Run the same command again: finished images are\n"
+                    "skipped. Image files are only checked for their size: `proda data check` decodes them.")
+    pc.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+    pc.add_argument("root")
+    pc.add_argument("--split", default=None, help="Cityscapes split (default train; run again with --split val)")
+    pc.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None,
+                    help="protocol of the printed class table (default 19, synthia 16); the cache holds trainIds")
+    pc.add_argument("--out", default=None, help="cache folder (default ROOT/proda_cache)")
+    pc.add_argument("--verify", action="store_true",
+                    help="also decode every cached file and check it against its record (rewrite it if wrong)")
+    pc.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("synth", help="write the synthetic domain-shift benchmark (gta5/ + cityscapes/ layouts)")
     s.add_argument("out")
@@ -126,8 +147,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse, accepting ``key=value`` overrides after options too (``proda train CFG --no-progress a=1``)."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     try:
         return _dispatch(args)
     except ProdaError as exc:
@@ -148,6 +180,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "pretrain-ssl" and cfg.stage != "ssl":
             raise ConfigError(f"{args.config}: stage is {cfg.stage!r}; pretrain-ssl needs a config with stage: ssl")
         result = train(cfg, progress=not args.no_progress)
+        from .engine import dist
+
+        if not dist.is_main():  # torchrun: one summary line, from rank 0
+            return 0
         miou = result.final.get("miou")
         print(f"{result.run_dir}: iteration {result.iteration}, target val mIoU "
               f"{miou:.2f} (best {result.best_miou:.2f})" if miou is not None else f"{result.run_dir}: done")
@@ -187,6 +223,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         num_classes = args.num_classes or (16 if args.dataset == "synthia" else 19)
         return run_check_command(args.dataset, args.root, args.split, num_classes, args.json)
+    if args.command == "data" and args.data_command == "prepare":
+        from .data.prepare import run_prepare_command
+
+        return run_prepare_command(args.dataset, args.root, args.split, args.num_classes, args.out,
+                                   verify=args.verify, progress=not args.no_progress)
     if args.command == "synth":
         from .data.synthetic import write_benchmark
 

@@ -9,6 +9,7 @@ than the image, a threshold outside [0, 1]) are refused before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class DataConfig:
     val_batch_size: int = 1
     num_workers: int = 4
     preflight_samples: int = 16  # files read and checked at start-up; 0 skips the check
+    # trainId label caches of `proda data prepare`: "auto" = <root>/proda_cache when it exists, a folder
+    # (e.g. the prepare --out of a read-only dataset), or null to read the original labels only
+    source_label_cache: Optional[str] = "auto"
+    target_label_cache: Optional[str] = "auto"
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,18 @@ class RunConfig:
     deterministic: bool = True
     tensorboard: bool = True
     eval_max_images: Optional[int] = None  # cap validation images (quick checks); None = the whole split
+    # Image panels (RUN_DIR/panels/iter_*.png and TensorBoard): the first panel_images target images with
+    # ground truth, (stage 1) raw and rectified pseudo labels, and the prediction. null = at every
+    # evaluation, 0 = never, N = every N iterations.
+    panel_every: Optional[int] = None
+    panel_images: int = 4
     resume: bool = True  # continue from out_dir/latest.pth when it exists
     max_nonfinite_steps: int = 5  # consecutive skipped steps (non-finite loss) before the run stops
+    # distributed (torchrun) runs: BatchNorm statistics over the global batch instead of each process's
+    # (CPU/gloo included); no effect with one process
+    sync_bn: bool = False
+    # model and input images in channels_last memory format (faster convolutions on recent GPUs/CPUs)
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,11 +291,23 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if unknown:
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]!s}; valid keys in {where}: {', '.join(sorted(fields))}"
+            + _did_you_mean(str(unknown[0]), prefix, list(fields))
         )
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _did_you_mean(key: str, prefix: str, fields: list[str]) -> str:
+    """'; did you mean optim.lr?' for a misspelt key, or the section that has a key of that name."""
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    sections = typing.get_type_hints(Config)
+    homes = [f"{name}.{key}" for name, sub in sections.items()
+             if dataclasses.is_dataclass(sub) and key in {g.name for g in dataclasses.fields(sub)}]
+    return f"; did you mean {' or '.join(homes)}?" if homes else ""
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -411,6 +438,8 @@ def validate(cfg: Config) -> None:
          f"must be >= optim.iterations ({o.iterations}) or null, got {o.lr_horizon}")
     need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     need(r.eval_every >= 1, "run.eval_every", f"must be at least 1, got {r.eval_every}")
+    need(r.panel_every is None or r.panel_every >= 0, "run.panel_every", f"must be >= 0 or null, got {r.panel_every}")
+    need(r.panel_images >= 1, "run.panel_images", f"must be at least 1, got {r.panel_images}")
     need(r.checkpoint_every >= 1, "run.checkpoint_every", f"must be at least 1, got {r.checkpoint_every}")
     need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
     need(r.max_nonfinite_steps >= 1, "run.max_nonfinite_steps", f"must be at least 1, got {r.max_nonfinite_steps}")
@@ -426,6 +455,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= s1.prototype_momentum <= 1.0, "stage1.prototype_momentum", f"must be in [0, 1], got {s1.prototype_momentum}")
     need(s1.loss_stride >= 1, "stage1.loss_stride", f"must be at least 1, got {s1.loss_stride}")
     need(s1.temperature > 0, "stage1.temperature", f"must be positive, got {s1.temperature}")
+    for key in ("sce_alpha", "sce_beta", "regular_weight", "consistency_weight"):
+        need(getattr(s1, key) >= 0, f"stage1.{key}", f"must be >= 0, got {getattr(s1, key)}")
     if cfg.stage == "stage1":
         need(bool(s1.soft_labels), "stage1.soft_labels", "is required (a folder from `proda pseudo-label --soft`)")
         need(bool(s1.prototypes), "stage1.prototypes", "is required (a file from `proda prototypes`)")

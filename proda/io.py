@@ -1,14 +1,24 @@
 """File input/output shared by every part of proda: atomic writes and PNG reading with exact dtypes.
 
 Every file proda writes goes through :func:`atomic_write` (temporary file in the same folder, fsync,
-rename), so a process killed at any moment leaves the old file or the new one, never a torn one.
+rename), so a process killed at any moment leaves the old file or the new one, never a torn one. A kill
+can leave a hidden temporary file (``.NAME.XXXX.tmp``) beside the target: it is never read (readers skip
+hidden files) and a resumed run removes those of its run folder (:func:`remove_stale_temp_files`).
+
+Test hook: ``PRODA_TEST_PAUSE_IN_ATOMIC_WRITE=SECONDS`` (optionally ``PRODA_TEST_PAUSE_IN_ATOMIC_WRITE_MATCH=GLOB``,
+matched against the target's file name) makes :func:`atomic_write` announce itself on stderr and sleep after
+the temporary file is complete and before it is renamed, so that tests can kill a process in the middle of a
+checkpoint write deterministically (tests/test_kill.py). Unset, it costs one dictionary lookup.
 """
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,12 +46,51 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             f.flush()
             os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; outputs are ordinary files
             os.fsync(f.fileno())
+        _test_pause(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _test_pause(tmp: str, path: Path) -> None:
+    """The kill-test hook (see the module docstring): pause between a complete temporary file and its rename."""
+    seconds = os.environ.get("PRODA_TEST_PAUSE_IN_ATOMIC_WRITE")
+    if not seconds or not fnmatch.fnmatch(path.name, os.environ.get("PRODA_TEST_PAUSE_IN_ATOMIC_WRITE_MATCH", "*")):
+        return
+    print(f"proda test hook: pausing {seconds} s before renaming {tmp} -> {path}", file=sys.stderr, flush=True)
+    time.sleep(float(seconds))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, names: tuple[str, ...] = ("*",)) -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_write` calls (and hard-link swaps) left in ``folder``.
+
+    Only hidden ``.NAME.XXXX.tmp`` / ``.NAME.link`` files whose NAME matches one of the ``names`` globs are
+    removed; call it only where no other process is writing those names (a run folder its run owns).
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if not e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                continue
+            if e.name.endswith(".link"):
+                target = e.name[1 : -len(".link")]
+            elif e.name.endswith(".tmp") and e.name.count(".") >= 3:
+                target = e.name[1:].rsplit(".", 2)[0]  # .NAME.XXXX.tmp (mkstemp's XXXX has no dot)
+                if target.startswith(".") and target.endswith(".link"):  # the copy made where links fail
+                    target = target[1 : -len(".link")]
+            else:
+                continue
+            if any(fnmatch.fnmatch(target, pattern) for pattern in names):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -20,12 +20,17 @@ class Stage:
 
     name = "stage"
     evaluates = True  # whether target-val mIoU of modules["model"] means anything for this stage
+    # modules trained by back-propagation: wrapped in DistributedDataParallel when world_size > 1
+    ddp_modules: tuple[str, ...] = ("model",)
 
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
         self.modules: dict[str, nn.Module] = {}  # everything checkpointed; "model" is the one evaluated
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.streams: dict[str, AugmentedDataset] = {}  # name -> training dataset, batched by the trainer
+        # DistributedDataParallel wrappers of ``modules`` (set by :meth:`wrap_distributed`); ``modules`` keeps
+        # the bare modules, which checkpoints, the EMA and evaluation use
+        self.ddp: dict[str, nn.Module] = {}
 
     def add_segmentation_model(self) -> nn.Module:
         """The network being trained as ``modules['model']`` (initialised from ``model.init`` if set),
@@ -46,7 +51,25 @@ class Stage:
 
     @property
     def model(self) -> nn.Module:
-        return self.modules["model"]
+        """The network to call in :meth:`step`: its DDP wrapper when distributed (so gradients are
+        averaged), else ``modules['model']``. State and evaluation use ``modules['model']``."""
+        return self.trained("model")
+
+    def trained(self, name: str) -> nn.Module:
+        """``modules[name]`` as ``step`` must call it: through its DDP wrapper when there is one."""
+        return self.ddp.get(name, self.modules[name])
+
+    def wrap_distributed(self, device: torch.device) -> None:
+        """Wrap the modules named by ``ddp_modules`` in DistributedDataParallel (the trainer calls this when
+        world_size > 1, after SyncBatchNorm/memory-format conversion). Every trainable parameter must get a
+        gradient each step (find_unused_parameters stays off), however many times ``step`` calls the
+        module: DDP averages the gradients of the one backward of the summed loss."""
+        from ..engine.dist import wrap_ddp
+
+        for name in self.ddp_modules:
+            module = self.modules[name]
+            if any(p.requires_grad for p in module.parameters()):
+                self.ddp[name] = wrap_ddp(module, device)
 
     def train_mode(self) -> None:
         """Called before every iteration: modules that learn go to train mode."""
@@ -97,7 +120,8 @@ class _WeakView:
 
 def source_reader(cfg):
     d = cfg.data
-    return build_dataset(d.source, d.source_root, num_classes=d.num_classes, size=d.source_size, list_file=d.source_list)
+    return build_dataset(d.source, d.source_root, num_classes=d.num_classes, size=d.source_size, list_file=d.source_list,
+                         label_cache=d.source_label_cache)
 
 
 def target_reader(cfg, split: str | None = None, with_labels: bool = True, size="train"):
@@ -105,5 +129,5 @@ def target_reader(cfg, split: str | None = None, with_labels: bool = True, size=
     chosen = d.target_size if size == "train" else d.val_size if size == "val" else size
     return build_dataset(
         "cityscapes", d.target_root, split=split or d.target_split, num_classes=d.num_classes,
-        size=chosen, with_labels=with_labels,
+        size=chosen, with_labels=with_labels, label_cache=d.target_label_cache,
     )

@@ -15,6 +15,11 @@ is simply far from every real feature). :meth:`PrototypeBank.unseen_classes` lis
 Distributed training: each process computes ``class_mean_features`` on its own images, then
 :func:`gather_class_means` concatenates all processes' results in rank order, so every process applies the
 same B·N sequential updates a single process with the whole batch would, and the banks stay identical.
+Rank order is batch order because the training streams (proda.engine.data) give rank r the r-th B-slice of
+each global micro-batch (with gradient accumulation, stage 1 gathers once per micro-batch, in order). The
+per-image means are gathered rather than per-class sums and counts all-reduced: the sequential per-image
+moving average is not a function of the batch's summed statistics, so only the gathered means reproduce it
+(tests/test_distributed.py checks 2 processes against 1 to float rounding).
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ confident pseudo labels. Where no such weights exist (the synthetic benchmark, a
 pre-trains one itself: two random views of each target image (resized crop, flip, colour jitter,
 greyscale, blur), the backbone's pooled features through a projection MLP, and the NT-Xent contrastive
 loss. The checkpoint's backbone then initialises the stage-2 student (``model.init_format: backbone``).
+
+Distributed: backbone features and projection head run as one DDP-wrapped module, and the embeddings of
+every process are gathered (back-propagating) before the loss, so each embedding's negatives are the whole
+global batch, as with one process and the combined batch (and as SimCLR does across devices).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import image_to_tensor
+from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize
 from .base import Stage, target_reader
@@ -87,9 +92,21 @@ class Projector(nn.Module):
         return self.net(features.mean(dim=(2, 3)))
 
 
+class Contrastive(nn.Module):
+    """Backbone features -> projection head: what the SSL stage trains, as one module (DDP wraps it)."""
+
+    def __init__(self, net: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.net, self.projector = net, projector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.net.features(x))
+
+
 class SSLStage(Stage):
     name = "ssl"
     evaluates = False  # no segmentation head is trained: a val mIoU would mean nothing
+    ddp_modules = ()  # see wrap_distributed
 
     def __init__(self, cfg, device: torch.device):
         super().__init__(cfg, device)
@@ -103,6 +120,11 @@ class SSLStage(Stage):
              {"params": list(projector.parameters()), "lr": cfg.optim.lr * cfg.optim.head_lr_mult, "name": "projector"}],
             lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
         )
+        trained = {id(p) for g in self.optimizers["model"].param_groups for p in g["params"]}
+        for p in net.parameters():  # the head gets no gradient: say so, which DDP needs
+            if id(p) not in trained:
+                p.requires_grad_(False)
+        self.contrastive = Contrastive(net, projector)
         self.streams = {"target": AugmentedDataset(target_reader(cfg, with_labels=False),
                                                    ContrastiveView(tuple(cfg.data.crop_size), cfg.ssl))}
 
@@ -110,6 +132,10 @@ class SSLStage(Stage):
         cfg = self.cfg
         tgt = batch["target"]
         both = normalize(torch.cat([tgt["view1"], tgt["view2"]]), cfg.model.mean, cfg.model.std)
-        z = self.modules["projector"](self.model.features(both))
-        z1, z2 = z.chunk(2)
+        z = self.ddp.get("contrastive", self.contrastive)(both)
+        z1, z2 = (dist.all_gather_with_grad(v) for v in z.chunk(2))
         return {"nt_xent": nt_xent(z1, z2, cfg.ssl.temperature)}
+
+    def wrap_distributed(self, device: torch.device) -> None:
+        """One DDP wrapper around backbone features + projector (the segmentation head is not trained)."""
+        self.ddp["contrastive"] = dist.wrap_ddp(self.contrastive, device)

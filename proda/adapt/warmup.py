@@ -6,6 +6,10 @@ Both losses are returned together and back-propagated once: the generator's adve
 discriminator with *detached* parameters (``torch.func.functional_call``), so it sends gradients into the
 segmentation network only, and the discriminator's own loss sees detached softmax maps, so it trains the
 discriminator only. This equals the original's alternating freeze/unfreeze without touching requires_grad.
+
+Distributed: the segmentation network and the discriminator are both DDP-wrapped. The discriminator's own
+loss runs through its wrapper (twice, one backward: gradients averaged once); the generator's term calls the
+bare module with detached parameters, which DDP never sees (no gradient reaches the discriminator there).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def adversarial_loss(d_out: torch.Tensor, label: float, gan: str) -> torch.Tenso
 
 class WarmupStage(Stage):
     name = "warmup"
+    ddp_modules = ("model", "discriminator")
 
     def __init__(self, cfg, device: torch.device):
         super().__init__(cfg, device)
@@ -53,7 +58,8 @@ class WarmupStage(Stage):
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         cfg, w = self.cfg, self.cfg.warmup
         src, tgt = batch["source"], batch["target"]
-        disc = self.modules["discriminator"]
+        disc = self.modules["discriminator"]  # bare: for the functional call with detached parameters
+        disc_train = self.trained("discriminator")  # its DDP wrapper when distributed
         mean, std = cfg.model.mean, cfg.model.std
 
         src_out = self.model(normalize(src["image"], mean, std))["out"]
@@ -63,8 +69,8 @@ class WarmupStage(Stage):
 
         frozen = {k: v.detach() for k, v in disc.named_parameters()}
         fool = adversarial_loss(functional_call(disc, frozen, (tgt_prob,)), SOURCE_LABEL, w.gan)
-        d_loss = (adversarial_loss(disc(src_prob.detach()), SOURCE_LABEL, w.gan)
-                  + adversarial_loss(disc(tgt_prob.detach()), TARGET_LABEL, w.gan))
+        d_loss = (adversarial_loss(disc_train(src_prob.detach()), SOURCE_LABEL, w.gan)
+                  + adversarial_loss(disc_train(tgt_prob.detach()), TARGET_LABEL, w.gan))
         return {
             "source_ce": segmentation_loss(src_out, src["label"]),
             "adv": w.adv_weight * fool,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import read_rgb, write_json
 from . import labels as L
 from .datasets import DEFAULT_NUM_CLASSES, SegmentationDataset, build_dataset, check_same_size
@@ -118,7 +118,8 @@ def check_dataset(
     num_classes = DEFAULT_NUM_CLASSES.get(key, 19) if num_classes is None else num_classes
     report = CheckReport(dataset=name, root=str(root), num_classes=L.check_num_classes(num_classes))
     try:
-        dataset = build_dataset(key, root, split=split, num_classes=num_classes, strict=False)
+        # the originals, never the trainId cache of `proda data prepare`
+        dataset = build_dataset(key, root, split=split, num_classes=num_classes, strict=False, label_cache=None)
     except DataError as exc:  # nothing to read: missing root or folder, no samples
         report.problems.append(str(exc))
         return report
@@ -165,15 +166,44 @@ def run_check_command(
     return 0 if report.ok else 1
 
 
-def preflight(dataset: SegmentationDataset, max_samples: int, what: str) -> None:
+def preflight(dataset: SegmentationDataset, max_samples: int, what: str, cropper: Any = None) -> None:
     """The quick start-up check of a reader: decode ``max_samples`` evenly spaced samples, raise on problems.
 
     A run on a broken dataset then fails in seconds, naming the files, instead of at iteration 30,000.
+    With ``cropper`` (the stream's :class:`~proda.data.transforms.WeakCropper`), a crop larger than the
+    smallest rescaled sampled image is a ConfigError too: the config check catches it only when the image
+    size is configured (``data.source_size``), and the weak view would otherwise upscale every image.
     """
     problems: list[str] = []
-    for i in _evenly_spaced(len(dataset), max_samples):
+    indices = _evenly_spaced(len(dataset), max_samples)
+    for i in indices:
         problems.extend(_check_sample(dataset, i)[0])
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise DataError(f"{what}: {len(problems)} problem(s) in {max_samples} sampled files "
+        raise DataError(f"{what}: {len(problems)} problem(s) in {len(indices)} sampled files "
                         f"(run `proda data check` for all):\n  {shown}")
+    if cropper is not None:
+        for i in indices:
+            _check_crop_fits(dataset, i, cropper, what)
+
+
+def _check_crop_fits(dataset: SegmentationDataset, i: int, cropper: Any, what: str) -> None:
+    """ConfigError if ``cropper``'s crop does not fit sample ``i`` at the smallest random rescale."""
+    from PIL import Image
+
+    if dataset.size is not None:
+        w, h = dataset.size
+    else:
+        with Image.open(dataset.image_path(i)) as image:  # the header only; the file decoded above
+            w, h = image.size
+    crop_w, crop_h = cropper.crop_size
+    low = cropper.scale_range[0]
+    min_w = int(low * (cropper.resize_width if cropper.resize_width is not None else w))
+    min_h = int(min_w * h / w)
+    if crop_w > min_w or crop_h > min_h:
+        size = f"resized to {w}x{h}" if dataset.size is not None else f"{w}x{h}"
+        raise ConfigError(
+            f"data.crop_size: {[crop_w, crop_h]} is larger than the smallest rescaled image of the {what} "
+            f"({min_w}x{min_h} at scale {low}; {dataset.image_path(i)} is {size}); "
+            f"lower data.crop_size or raise data.scale_range / data.resize_width"
+        )

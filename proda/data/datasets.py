@@ -9,7 +9,9 @@ surfaces at start-up instead of hours into training. Samples are decoded lazily 
 * raw values that the dataset never uses (e.g. 40 in a Cityscapes label) raise :class:`DataError`, because
   they mean a wrong file (a trainId image, a colour-converted label), not a rare class;
 * the image and label must have the same native size; ``size=(W, H)`` then resizes the image bilinearly
-  and the label with nearest neighbour.
+  and the label with nearest neighbour;
+* a label with a fresh copy in the trainId cache of ``proda data prepare`` (``root/proda_cache`` by default,
+  see :mod:`proda.data.prepare` and ``build_dataset(label_cache=...)``) is read from there instead.
 
 The datasets are map-style (``__len__`` + ``__getitem__``), so ``torch.utils.data.DataLoader`` takes them as
 they are; this module does not import torch, which keeps ``proda data check`` quick to start.
@@ -85,6 +87,10 @@ class SegmentationDataset:
     """
 
     dataset_name: str = ""
+    LAYOUT: str = ""  # the files a sample is made of, for errors ("{split}" is filled in)
+    # A trainId cache written by `proda data prepare` (proda.data.prepare.LabelCache), set by build_dataset;
+    # read_label uses it for every label that has a fresh cached copy.
+    label_cache = None
 
     def __init__(
         self,
@@ -99,7 +105,8 @@ class SegmentationDataset:
     ) -> None:
         if not samples:
             unpaired = f"; {_format_problems(root, problems)}" if problems else ""
-            raise DataError(f"{root}: no {self.dataset_name} samples found{unpaired}")
+            layout = self.LAYOUT.format(split=getattr(self, "split", ""))
+            raise DataError(f"{root}: no {self.dataset_name} samples found (expected {layout}){unpaired}")
         if problems and strict:
             raise DataError(_format_problems(root, problems))
         if size is not None:
@@ -146,6 +153,10 @@ class SegmentationDataset:
         path = self.samples[i].label
         if path is None:
             raise DataError(f"{self.samples[i].image}: this {self.dataset_name} split has no labels")
+        if self.label_cache is not None:
+            cached = self.label_cache.read(path, self.num_classes)
+            if cached is not None:
+                return cached
         raw = self._read_raw_label(path)
         label = self._lut[raw]
         bad = label == _INVALID
@@ -220,6 +231,7 @@ class GTA5Dataset(SegmentationDataset):
     """
 
     dataset_name = "GTA5"
+    LAYOUT = "images/*.png with labels/*.png"
     VALID_RAW_IDS = _valid_ids(34)
 
     def __init__(
@@ -278,6 +290,7 @@ class SynthiaDataset(SegmentationDataset):
     """
 
     dataset_name = "SYNTHIA"
+    LAYOUT = "RGB/*.png with GT/LABELS/*.png"
     VALID_RAW_IDS = _valid_ids(L.SYNTHIA_MAX_ID)
 
     def __init__(
@@ -311,6 +324,7 @@ class CityscapesDataset(SegmentationDataset):
     """
 
     dataset_name = "Cityscapes"
+    LAYOUT = "leftImg8bit/{split}/<city>/*_leftImg8bit.png with gtFine/{split}/<city>/*_gtFine_labelIds.png"
     VALID_RAW_IDS = _valid_ids(L.CITYSCAPES_MAX_ID)
     IMAGE_SUFFIX = "_leftImg8bit.png"
     LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -378,13 +392,38 @@ def build_dataset(
     with_labels: bool = True,
     *,
     strict: bool = True,
+    label_cache: str | os.PathLike | None = "auto",
 ) -> SegmentationDataset:
     """One of :data:`DATASET_NAMES` by name.
 
     ``split`` only exists for Cityscapes (default ``train``); GTA5 and SYNTHIA are used whole as the source
     domain, so they accept only ``None``, ``"all"`` or ``"train"``, and a subset comes from ``list_file``
     (GTA5). ``num_classes`` defaults to the dataset's usual protocol (19, SYNTHIA 16).
+
+    ``label_cache``: the trainId cache of ``proda data prepare`` (:mod:`proda.data.prepare`): ``"auto"`` uses
+    ``root/proda_cache`` if it exists, a folder uses that one (an error if it holds no cache of this dataset),
+    None reads the original labels only. Cached labels are identical to decoded originals.
     """
+    dataset = _build_reader(name, root, split, num_classes, size, list_file, with_labels, strict)
+    if label_cache is not None and dataset.has_labels:
+        from .prepare import LabelCache
+
+        auto = str(label_cache) == "auto"
+        dataset.label_cache = LabelCache.open(None if auto else label_cache, dataset.root, name.lower(),
+                                              required=not auto)
+    return dataset
+
+
+def _build_reader(
+    name: str,
+    root: str | os.PathLike,
+    split: str | None,
+    num_classes: int | None,
+    size: tuple[int, int] | None,
+    list_file: str | os.PathLike | None,
+    with_labels: bool,
+    strict: bool,
+) -> SegmentationDataset:
     key = name.lower()
     if key not in DATASET_NAMES:
         raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")

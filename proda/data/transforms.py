@@ -43,10 +43,12 @@ def sample_weak_geometry(
     """Random rescale (width = U(scale_range) * resize_width, aspect kept), random crop, random flip."""
     w, h = full_size
     base = resize_width if resize_width is not None else w
-    sw = int(rng.uniform(scale_range[0], scale_range[1]) * base)
-    sh = int(sw * h / w)
+    sw = max(1, int(rng.uniform(scale_range[0], scale_range[1]) * base))
+    sh = max(1, int(sw * h / w))  # at least one pixel: a very wide image (or tiny resize_width) divided by 0
     cw, ch = crop_size
-    if sw < cw or sh < ch:  # the config check prevents this for known sizes; images of odd sizes are upscaled
+    # The config check (configured sizes) and the start-up check of sampled images (proda.data.check.preflight)
+    # refuse crops that do not fit; the odd image of another size that gets through is upscaled.
+    if sw < cw or sh < ch:
         factor = max(cw / sw, ch / sh)
         sw, sh = int(np.ceil(sw * factor)), int(np.ceil(sh * factor))
     x0 = int(rng.integers(0, sw - cw + 1))

@@ -60,11 +60,21 @@ def output_size(model, image_size: tuple[int, int], device: torch.device) -> tup
 
 
 def check_free_space(folder: Path, needed: int) -> None:
+    """DataError naming the folder, the estimate and the free space when the estimate does not fit."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise DataError(f"{folder}: pseudo labels need about {needed / 2**30:.2f} GiB, only "
-                        f"{free / 2**30:.2f} GiB free on that disk")
+        raise DataError(f"{folder}: pseudo labels need about {format_bytes(needed)}, only "
+                        f"{format_bytes(free)} free on that disk; free some space or choose another --out")
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (B, KiB, MiB, GiB, TiB): small estimates stay readable, unlike a fixed GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = None, progress: bool = True) -> Path:

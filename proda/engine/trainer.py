@@ -7,6 +7,7 @@ atomic checkpoints, automatic resume and metrics. What is learned, and how, is t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from ..config import Config, dump_yaml
 from ..errors import ConfigError, ProdaError
 from ..io import atomic_write, write_json
 from . import dist
-from .checkpoint import load_checkpoint, save_run_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_run_temp_files, save_run_checkpoint
 from .data import training_loader
 from .inference import evaluate_model
 from .logger import MetricsWriter, read_metrics
@@ -89,8 +90,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+#: batch entries that are images ([B,3,H,W]): put in channels_last memory format when run.channels_last
+IMAGE_KEYS = frozenset({"image", "strong", "full", "view1", "view2"})
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        for k in IMAGE_KEYS & out.keys():
+            if torch.is_tensor(out[k]) and out[k].dim() == 4:
+                out[k] = out[k].contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _stream_seed(seed: int, name: str) -> int:
@@ -104,6 +114,8 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(cfg.run.device)
         dist.init_from_env(cfg.run.device)
+        if dist.world_size() > 1 and self.device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.run_dir = Path(cfg.run.out_dir)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -111,12 +123,28 @@ class Trainer:
         if stage_factory is None:
             from ..adapt.registry import build_stage as stage_factory
         self.stage = stage_factory(cfg, self.device)
+        self.prepare_modules()
         self.val_reader = None
+
+    def prepare_modules(self) -> None:
+        """SyncBatchNorm (``run.sync_bn``) and channels_last (``run.channels_last``) for every module of the
+        stage, then, with several processes, the stage's DistributedDataParallel wrappers. Conversions keep
+        parameter objects and state-dict keys, so optimizers, EMA updates and checkpoints are unaffected."""
+        r, stage = self.cfg.run, self.stage
+        distributed = dist.world_size() > 1
+        for name, module in list(stage.modules.items()):
+            if r.sync_bn and distributed:
+                module = dist.convert_sync_batchnorm(module)
+            if r.channels_last:
+                module = module.to(memory_format=torch.channels_last)
+            stage.modules[name] = module
+        if distributed:
+            stage.wrap_distributed(self.device)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self, iteration: int, best_miou: float, final: dict[str, Any], wall_s: float) -> dict[str, Any]:
         s = self.stage
-        model = s.model
+        model = s.modules["model"]  # the bare module: the same keys with or without DDP
         return {
             "format": "proda",
             "stage": self.cfg.stage,
@@ -137,7 +165,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         s = self.stage
-        s.model.load_state_dict(state["model"])
+        s.modules["model"].load_state_dict(state["model"])
         for k, sd in state.get("modules", {}).items():
             s.modules[k].load_state_dict(sd)
         for k, sd in state.get("optimizers", {}).items():
@@ -166,6 +194,7 @@ class Trainer:
             final, wall_before = state.get("last_eval", {}), state.get("wall_s", 0.0)
         if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_run_temp_files(self.run_dir)  # what a killed earlier invocation left mid-write
             with atomic_write(self.run_dir / "config.yaml", "w") as f:
                 f.write(dump_yaml(cfg))
             _truncate_metrics(self.run_dir, start_iter)
@@ -177,6 +206,9 @@ class Trainer:
         self.preflight()
 
         writer = MetricsWriter(self.run_dir, tensorboard=r.tensorboard)
+        from .panels import PanelWriter  # image panels (run.panel_every); imported here: it pulls matplotlib
+
+        panels = PanelWriter(self)
         ws, bs, accum = dist.world_size(), cfg.data.batch_size, o.grad_accum
         loaders = {
             name: training_loader(ds, bs, _stream_seed(r.seed, name), start_step=start_iter * accum,
@@ -207,19 +239,23 @@ class Trainer:
             step_losses: dict[str, float] = {}
             finite = True
             batch = {}
-            for _ in range(accum):
-                batch = {name: _to_device(next(loader), self.device) for name, loader in loaders.items()}
-                with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    losses = stage.step(batch, it)
-                total = sum(losses.values())
-                bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
-                if bad:
-                    finite = False
-                    step_losses = {f"nonfinite/{k}": 1.0 for k in bad}
-                    break
-                scaled = total / accum
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            for micro in range(accum):
+                batch = {name: _to_device(next(loader), self.device, r.channels_last) for name, loader in loaders.items()}
+                with contextlib.ExitStack() as no_sync:
+                    if micro < accum - 1:  # DDP: average gradients once, in the last micro-batch's backward
+                        for wrapper in stage.ddp.values():
+                            no_sync.enter_context(wrapper.no_sync())
+                    with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        losses = stage.step(batch, it)
+                    total = sum(losses.values())
+                    bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+                    if dist.any_rank(bool(bad), self.device):  # every process skips the step, or none
+                        finite = False
+                        step_losses = {f"nonfinite/{k}": 1.0 for k in bad or ["other_process"]}
+                        break
+                    scaled = total / accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 for k, v in losses.items():
                     step_losses[k] = step_losses.get(k, 0.0) + float(v.detach()) / accum
             if finite:
@@ -236,7 +272,8 @@ class Trainer:
                 nonfinite_run += 1
                 extra = {}
                 terms = ", ".join(k.split("/", 1)[1] for k in step_losses)
-                tqdm.write(f"iteration {it + 1}: non-finite loss in {terms}; step skipped")
+                if dist.is_main():
+                    tqdm.write(f"iteration {it + 1}: non-finite loss in {terms}; step skipped")
                 writer.write(it + 1, step_losses, kind="nonfinite")
                 if nonfinite_run >= r.max_nonfinite_steps:
                     raise ProdaError(
@@ -252,7 +289,7 @@ class Trainer:
             count += 1
             bar.update(1)
             if iteration % r.log_every == 0 or iteration == o.iterations:
-                means = {k: v / count for k, v in sums.items()}
+                means = dist.mean_over_ranks({k: v / count for k, v in sums.items()})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(means.items())[:4]})
                 writer.write(iteration, {**means, **lrs, "sec_per_iter": (time.time() - t0) / (iteration - start_iter)})
                 sums, count = {}, 0
@@ -265,6 +302,7 @@ class Trainer:
                 writer.write(iteration, {**scalars, **per_class}, kind="val")
                 if dist.is_main():
                     tqdm.write(f"iteration {iteration}: target val mIoU {final['miou']:.2f}")
+            panels.maybe_write(iteration, evaluate_now, writer)
             is_best = evaluate_now and final["miou"] > best_miou
             if is_best:
                 best_miou = final["miou"]
@@ -293,7 +331,7 @@ class Trainer:
         from ..data.check import preflight
 
         for name, stream in self.stage.streams.items():
-            preflight(stream.reader, n, f"{name} training data")
+            preflight(stream.reader, n, f"{name} training data", getattr(stream.view, "cropper", None))
         if self.stage.evaluates:
             preflight(self._val_reader(), n, "target validation data")
 
@@ -306,7 +344,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         cfg = self.cfg
-        cm = evaluate_model(self.stage.model, self._val_reader(), self.device, cfg.data.num_classes,
+        cm = evaluate_model(self.stage.modules["model"], self._val_reader(), self.device, cfg.data.num_classes,
                             input_size=cfg.data.val_size, mean=cfg.model.mean, std=cfg.model.std,
                             max_images=cfg.run.eval_max_images, progress=self.progress)
         return {**summarize(cm, cfg.data.num_classes), **self.stage.eval_metrics()}
