@@ -11,13 +11,22 @@ The pipeline file (e.g. ``configs/synthetic/pipeline.yaml``)::
 
     out_dir: runs/synthetic
     warmup_from_source_only: true      # else the warm-up config's model.init (ImageNet) is used
+    student_init: stage1               # stage-2 student: ssl (the ssl stage's backbone), stage1 (the stage-1
+                                       # model) or config (the stage-2 config's model.init, e.g. SimCLRv2)
+    background_oracle: true            # train the oracle in a second process beside the adaptation chain
     stages: {source_only: source_only.yaml, oracle: oracle.yaml, warmup: warmup.yaml, stage1: stage1.yaml,
-             ssl: ssl.yaml, stage2: stage2.yaml, stage3: stage3.yaml}
+             stage2: stage2.yaml, stage3: stage3.yaml}              # + ssl: ssl.yaml when student_init is ssl
+
+The background oracle splits the CPU threads between the two processes; it only changes when the oracle
+finishes (the report waits for it), not what it computes.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +35,13 @@ from typing import Any, Callable
 import yaml
 
 from .config import load_config
-from .errors import ConfigError
+from .errors import ConfigError, ProdaError
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
               "hard_labels_2", "stage3")
 OPTIONAL = {"oracle", "ssl"}
 TRAINED = ("source_only", "oracle", "warmup", "stage1", "ssl", "stage2", "stage3")
+STUDENT_INITS = ("ssl", "stage1", "config")
 
 
 @dataclass
@@ -40,6 +50,8 @@ class PipelineSpec:
     out_dir: Path
     stages: dict[str, Path]  # stage name -> its config file
     warmup_from_source_only: bool = False
+    student_init: str = "config"
+    background_oracle: bool = False
     overrides: list[str] = field(default_factory=list)
 
     @staticmethod
@@ -51,7 +63,7 @@ class PipelineSpec:
             raise ConfigError(f"{path}: pipeline file not found") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        known = {"out_dir", "stages", "warmup_from_source_only", "overrides"}
+        known = {"out_dir", "stages", "warmup_from_source_only", "student_init", "background_oracle", "overrides"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown key {unknown[0]}; valid keys: {', '.join(sorted(known))}")
@@ -62,6 +74,11 @@ class PipelineSpec:
         missing = [s for s in TRAINED if s not in OPTIONAL and s not in stages]
         if missing:
             raise ConfigError(f"{path}: stages is missing {', '.join(missing)}")
+        student_init = raw.get("student_init", "ssl" if "ssl" in stages else "config")
+        if student_init not in STUDENT_INITS:
+            raise ConfigError(f"{path}: student_init must be one of {', '.join(STUDENT_INITS)}, got {student_init!r}")
+        if student_init == "ssl" and "ssl" not in stages:
+            raise ConfigError(f"{path}: student_init is ssl, but stages has no ssl config")
         out_dir = Path(raw.get("out_dir", "runs/pipeline"))
         for item in overrides:
             if item.startswith("out_dir="):
@@ -69,6 +86,7 @@ class PipelineSpec:
         return PipelineSpec(
             path=path, out_dir=out_dir, stages={k: path.parent / v for k, v in stages.items()},
             warmup_from_source_only=bool(raw.get("warmup_from_source_only", False)),
+            student_init=student_init, background_oracle=bool(raw.get("background_oracle", False)),
             overrides=[*raw.get("overrides", []), *(o for o in overrides if not o.startswith("out_dir="))],
         )
 
@@ -101,8 +119,9 @@ class Pipeline:
                     f"stage1.soft_labels={self.run_dir('warmup') / 'pseudo_soft'}",
                     f"stage1.prototypes={self.run_dir('warmup') / 'prototypes.pth'}"]
         if stage == "stage2":
-            init = ([f"model.init={self.ckpt('ssl')}", "model.init_format=proda_backbone"]
-                    if "ssl" in self.spec.stages else [])
+            init = {"ssl": [f"model.init={self.ckpt('ssl')}", "model.init_format=proda_backbone"],
+                    "stage1": [f"model.init={self.ckpt('stage1')}", "model.init_format=proda"],
+                    "config": []}[self.spec.student_init]
             return [*init, f"distill.teacher={self.ckpt('stage1')}",
                     f"distill.pseudo_labels={self.run_dir('stage1') / 'pseudo_hard'}"]
         if stage == "stage3":
@@ -120,13 +139,24 @@ class Pipeline:
             for step in steps[steps.index(start_from):]:
                 self.clear(step)
         self.out.mkdir(parents=True, exist_ok=True)
-        for step in steps:
-            print(f"\n== {step} ==", flush=True)
-            t0 = time.time()
-            self.run_step(step)
-            if step not in TRAINED:
-                self.report["pseudo_labels"].setdefault(step, {})["wall_s"] = round(time.time() - t0, 1)
-            self.write_report()
+        background: BackgroundRun | None = None
+        try:
+            for step in steps:
+                if step == "oracle" and self.spec.background_oracle:
+                    background = BackgroundRun(self, step)
+                    continue
+                print(f"\n== {step} ==", flush=True)
+                t0 = time.time()
+                self.run_step(step)
+                if step not in TRAINED:
+                    self.report["pseudo_labels"].setdefault(step, {})["wall_s"] = round(time.time() - t0, 1)
+                self.write_report()
+            if background is not None:
+                background.finish()
+                self.write_report()
+        finally:
+            if background is not None:
+                background.stop()
         return self.report
 
     def clear(self, step: str) -> None:
@@ -149,18 +179,21 @@ class Pipeline:
 
         if step in TRAINED:
             result = train(self.config(step), progress=self.progress)
-            entry: dict[str, Any] = {"wall_s": round(result.wall_s, 1), "run_dir": str(result.run_dir)}
-            if "miou" in result.final:
-                entry.update(target_miou=result.final["miou"], per_class_iou=result.final["per_class_iou"])
-                if "miou_13" in result.final:
-                    entry["target_miou_13"] = result.final["miou_13"]
-            if "pseudo_label_miou" in result.final:
-                entry["pseudo_label_miou"] = result.final["pseudo_label_miou"]
-            self.report["stages"][step] = entry
+            self.record(step, result.final, result.wall_s, result.run_dir)
         elif step == "soft_labels":
             self.soft_labels()
         else:
             self.hard_labels("stage1" if step == "hard_labels_1" else "stage2", step)
+
+    def record(self, step: str, final: dict[str, Any], wall_s: float, run_dir: Path) -> None:
+        entry: dict[str, Any] = {"wall_s": round(wall_s, 1), "run_dir": str(run_dir)}
+        if "miou" in final:
+            entry.update(target_miou=final["miou"], per_class_iou=final["per_class_iou"])
+            if "miou_13" in final:
+                entry["target_miou_13"] = final["miou_13"]
+        if "pseudo_label_miou" in final:
+            entry["pseudo_label_miou"] = final["pseudo_label_miou"]
+        self.report["stages"][step] = entry
 
     def soft_labels(self) -> None:
         from .engine.prototypes import prototypes_command
@@ -190,6 +223,55 @@ class Pipeline:
         from .report import finish_report
 
         finish_report(self.report, self.out)
+
+
+class BackgroundRun:
+    """One training step in a child process (`proda train`), beside the rest of the pipeline.
+
+    The CPU threads are split between the two processes while both run; the child's output goes to
+    RUN_DIR/train.log. A finished run is skipped by `proda train` itself, an interrupted one resumes.
+    """
+
+    def __init__(self, pipe: Pipeline, step: str):
+        import torch
+
+        self.pipe, self.step = pipe, step
+        self.run_dir = pipe.run_dir(step)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.run_dir / "train.log"
+        self.main_threads = torch.get_num_threads()
+        child_threads = max(1, self.main_threads // 2)
+        torch.set_num_threads(max(1, self.main_threads - child_threads))
+        cmd = [sys.executable, "-m", "proda", "train", "--no-progress", str(pipe.spec.stages[step]),
+               f"run.out_dir={self.run_dir}", *pipe.spec.overrides, *pipe.links(step)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(child_threads)}
+        print(f"\n== {step} == (in the background: {self.log})", flush=True)
+        self.t0 = time.time()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def finish(self) -> None:
+        import torch
+
+        if self.proc.poll() is None:
+            print(f"\nwaiting for the background {self.step} run ({self.log})", flush=True)
+        code = self.proc.wait()
+        torch.set_num_threads(self.main_threads)
+        if code != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise ProdaError(f"the background {self.step} run failed (exit status {code}); see {self.log}: "
+                             + " | ".join(tail))
+        result = json.loads((self.run_dir / "result.json").read_text())
+        self.pipe.record(self.step, result["final"], result["wall_s"], self.run_dir)
+
+    def stop(self) -> None:
+        """Terminate the child if the pipeline stops early (it resumes from its checkpoint next time)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def load_report(out_dir: str | Path) -> dict[str, Any]:

@@ -44,7 +44,12 @@ def warmed_up(tmp_path_factory) -> tuple[Path, Path]:
 
 def stage1_cfg(data: Path, wu: Path, out: Path, *extra: str):
     return cfg_for("stage1", data, out, f"model.init={wu / 'latest.pth'}",
-                   f"stage1.soft_labels={wu / 'pseudo_soft'}", f"stage1.prototypes={wu / 'prototypes.pth'}", *extra)
+                   f"stage1.soft_labels={wu / 'pseudo_soft'}", f"stage1.prototypes={wu / 'prototypes.pth'}",
+                   *PAPER_LOSSES, *extra)
+
+
+# every stage-1 loss on (the synthetic config turns the pseudo-label terms off; configs/gta5 has these values)
+PAPER_LOSSES = ("stage1.sce_alpha=0.1", "stage1.sce_beta=1.0", "stage1.regular_weight=0.1")
 
 
 def test_artifacts_of_the_warm_up(warmed_up):

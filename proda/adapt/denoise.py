@@ -103,7 +103,8 @@ class Stage1(Stage):
             "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
         }
         self.grid = grid_size(tuple(cfg.data.crop_size), s1.loss_stride)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # EMA outputs of this iteration's micro-batches
+        self._pending_iteration = -1
         n = cfg.data.num_classes
         self.pl_raw, self.pl_rect = ConfusionMatrix(n, device), ConfusionMatrix(n, device)
 
@@ -131,12 +132,16 @@ class Stage1(Stage):
             weights = rectification_weights(distances, s1.temperature)
             soft = tgt["soft"].float()
             pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold)
+        if iteration != self._pending_iteration:  # outputs of a skipped (non-finite) step must not move prototypes
+            self._pending.clear()
+            self._pending_iteration = iteration
         self._pending.append((ema_out["feat"].detach(), ema_out["out"].detach()))
 
-        logits_weak = upsample(self.model(normalize(tgt["image"], mean, std))["out"], (gh, gw))
-        losses["target_sce"] = symmetric_cross_entropy(logits_weak, pseudo, s1.sce_alpha, s1.sce_beta)
-        if s1.regular_weight > 0:
-            losses["regular"] = s1.regular_weight * mean_log_prob_regularizer(logits_weak)
+        if s1.sce_alpha > 0 or s1.sce_beta > 0 or s1.regular_weight > 0:  # else the weak view trains nothing
+            logits_weak = upsample(self.model(normalize(tgt["image"], mean, std))["out"], (gh, gw))
+            losses["target_sce"] = symmetric_cross_entropy(logits_weak, pseudo, s1.sce_alpha, s1.sce_beta)
+            if s1.regular_weight > 0:
+                losses["regular"] = s1.regular_weight * mean_log_prob_regularizer(logits_weak)
         if s1.consistency_weight > 0:
             teacher_strong, valid = warp_to_strong(distances, tgt["strong_transform"], mode="nearest")
             feat_strong = upsample(self.model(normalize(tgt["strong"], mean, std))["feat"], (gh, gw))
@@ -195,17 +200,27 @@ class Stage1(Stage):
             sample = reader[i]
             image = image_to_tensor(sample["image"])[None].to(self.device)
             label = torch.from_numpy(sample["label"]).long().to(self.device)[None]
-            out = self.ema(normalize(image, cfg.model.mean, cfg.model.std))
             soft = torch.from_numpy(store.read_soft(sample["name"])).float().to(self.device)[None]
-            if soft.shape[-2:] != out["feat"].shape[-2:]:
-                soft = upsample(soft, tuple(out["feat"].shape[-2:]))
-            weights = rectification_weights(prototype_distances(out["feat"].float(), self.bank.prototypes), s1.temperature)
-            size = tuple(label.shape[-2:])
-            raw.update(upsample(soft, size).argmax(1), label)
-            rect.update(upsample(weights * soft, size).argmax(1), label)
+            raw_pl, rect_pl = self.pseudo_labels(image, soft, tuple(label.shape[-2:]))
+            raw.update(raw_pl, label)
+            rect.update(rect_pl, label)
         raw.reduce_()
         rect.reduce_()
         return {"pseudo_label_miou": {"raw": raw.miou(), "rectified": rect.miou()}}
+
+    @torch.no_grad()
+    def pseudo_labels(self, image: torch.Tensor, soft: torch.Tensor,
+                      size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (argmax P0) and rectified (argmax omega * P0) pseudo labels [B,H,W] at ``size`` (H, W) of full
+        target images [B,3,h,w] in [0,1] with their soft labels P0 [B,C,h',w'], using the EMA as it is now
+        (the caller sets its mode) and the current prototypes."""
+        cfg = self.cfg
+        out = self.ema(normalize(image, cfg.model.mean, cfg.model.std))
+        if soft.shape[-2:] != out["feat"].shape[-2:]:
+            soft = upsample(soft, tuple(out["feat"].shape[-2:]))
+        weights = rectification_weights(prototype_distances(out["feat"].float(), self.bank.prototypes),
+                                        cfg.stage1.temperature)
+        return upsample(soft, size).argmax(1), upsample(weights * soft, size).argmax(1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"prototypes": self.bank.state_dict(), "pl_raw": self.pl_raw.mat.clone(), "pl_rect": self.pl_rect.mat.clone()}
