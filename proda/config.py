@@ -207,8 +207,24 @@ class Config:
 # Loading
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself, else the config shipped with the package (``synthetic/stage1`` or
+    ``configs/synthetic/stage1.yaml`` work from any folder, without a clone)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    relative = path.relative_to("configs") if path.parts[:1] == ("configs",) else path
+    for candidate in (PACKAGED_CONFIGS / relative, PACKAGED_CONFIGS / relative.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    raw: dict[str, Any] = _read_yaml_with_bases(Path(path)) if path else {}
+    raw: dict[str, Any] = _read_yaml_with_bases(resolve_config_path(path)) if path else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)

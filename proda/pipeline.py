@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import load_config
+from .config import load_config, resolve_config_path
 from .errors import ConfigError, ProdaError
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
@@ -56,7 +56,7 @@ class PipelineSpec:
 
     @staticmethod
     def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "PipelineSpec":
-        path = Path(path)
+        path = resolve_config_path(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
@@ -139,11 +139,11 @@ class Pipeline:
             for step in steps[steps.index(start_from):]:
                 self.clear(step)
         self.out.mkdir(parents=True, exist_ok=True)
-        background: BackgroundRun | None = None
+        # the oracle depends on nothing: in the background it overlaps the whole adaptation chain
+        background = BackgroundRun(self, "oracle") if self.spec.background_oracle and "oracle" in steps else None
         try:
             for step in steps:
-                if step == "oracle" and self.spec.background_oracle:
-                    background = BackgroundRun(self, step)
+                if background is not None and step == background.step:
                     continue
                 print(f"\n== {step} ==", flush=True)
                 t0 = time.time()
@@ -280,6 +280,9 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
 
 def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start_from: str | None = None,
                  progress: bool = True, hook: Callable[[Pipeline], None] | None = None) -> dict[str, Any]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("proda pipeline runs in one process; under torchrun, run its stages one by one "
+                          "(`torchrun ... -m proda train CONFIG`, `proda prototypes`, `proda pseudo-label`)")
     pipe = Pipeline(PipelineSpec.load(path, overrides), progress=progress)
     if hook is not None:
         hook(pipe)

@@ -74,3 +74,14 @@ def test_missing_root_and_bad_yaml(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         load_config(None, ["optim.lr"])
+
+
+def test_shipped_configs_are_found_without_a_clone(tmp_path, monkeypatch):
+    from proda.config import PACKAGED_CONFIGS, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    for name in ("synthetic/stage1", "synthetic/stage1.yaml", "configs/synthetic/stage1.yaml"):
+        assert resolve_config_path(name) == PACKAGED_CONFIGS / "synthetic" / "stage1.yaml"
+    assert load_config("synthetic/oracle").supervised.domain == "target"
+    (tmp_path / "mine.yaml").write_text("stage: supervised\n")
+    assert resolve_config_path("mine.yaml") == Path("mine.yaml")  # a file of the user's wins

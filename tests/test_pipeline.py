@@ -124,3 +124,9 @@ def test_gap_closed():
     report = {"stages": {"source_only": {"target_miou": 20.0}, "oracle": {"target_miou": 60.0},
                          "stage1": {"target_miou": 40.0}, "stage3": {"target_miou": 50.0}}}
     assert gap_closed(report) == {"stage1": 0.5, "stage3": 0.75}
+
+
+def test_the_pipeline_refuses_to_run_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="proda pipeline runs in one process"):
+        run_pipeline(PIPELINE, ["data.source_root=s", "data.target_root=t"], progress=False)

@@ -87,3 +87,19 @@ def test_stage1_resume_is_exact(warmed_up, tmp_path):
     assert torch.equal(straight.stage.bank.prototypes, resumed.stage.bank.prototypes)
     # the prototypes moved during training
     assert not torch.equal(PrototypeBank.load(wu / "prototypes.pth").prototypes, straight.stage.bank.prototypes)
+
+
+def test_a_skipped_step_does_not_move_the_prototypes(warmed_up, tmp_path):
+    """The trainer skips after_step for a non-finite loss; that step's EMA outputs must not be used later."""
+    data, wu = warmed_up
+    trainer = Trainer(stage1_cfg(data, wu, tmp_path / "s"), progress=False)
+    stage = trainer.stage
+    from proda.engine.data import training_loader
+
+    batch = {name: next(iter(training_loader(ds, 2, 0, start_step=0, num_workers=0))) for name, ds in stage.streams.items()}
+    stage.train_mode()
+    stage.step(batch, 0)  # imagine its loss was non-finite: no after_step
+    stage.step(batch, 1)
+    assert len(stage._pending) == 1
+    stage.step(batch, 1)  # a second micro-batch of the same iteration (gradient accumulation) is kept
+    assert len(stage._pending) == 2
