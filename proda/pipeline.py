@@ -13,12 +13,12 @@ The pipeline file (e.g. ``configs/synthetic/pipeline.yaml``)::
     warmup_from_source_only: true      # else the warm-up config's model.init (ImageNet) is used
     student_init: stage1               # stage-2 student: ssl (the ssl stage's backbone), stage1 (the stage-1
                                        # model) or config (the stage-2 config's model.init, e.g. SimCLRv2)
-    background_oracle: true            # train the oracle in a second process beside the adaptation chain
+    background_oracle: true            # train the oracle in a second process beside the source-only run
     stages: {source_only: source_only.yaml, oracle: oracle.yaml, warmup: warmup.yaml, stage1: stage1.yaml,
              stage2: stage2.yaml, stage3: stage3.yaml}              # + ssl: ssl.yaml when student_init is ssl
 
-The background oracle splits the CPU threads between the two processes; it only changes when the oracle
-finishes (the report waits for it), not what it computes.
+The background oracle splits the CPU threads with the source-only run (same budget, so they end together;
+the pipeline waits for it there); it changes when the oracle finishes, not what it computes.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class Pipeline:
             for step in steps[steps.index(start_from):]:
                 self.clear(step)
         self.out.mkdir(parents=True, exist_ok=True)
-        # the oracle depends on nothing: in the background it overlaps the whole adaptation chain
+        # the oracle depends on nothing: it trains in the background beside the source-only run
         background = BackgroundRun(self, "oracle") if self.spec.background_oracle and "oracle" in steps else None
         try:
             for step in steps:
@@ -150,6 +150,8 @@ class Pipeline:
                 self.run_step(step)
                 if step not in TRAINED:
                     self.report["pseudo_labels"].setdefault(step, {})["wall_s"] = round(time.time() - t0, 1)
+                if background is not None and step == "source_only":
+                    background.finish()  # same budget, so both end together; later stages get every thread
                 self.write_report()
             if background is not None:
                 background.finish()
@@ -236,6 +238,7 @@ class BackgroundRun:
         import torch
 
         self.pipe, self.step = pipe, step
+        self.finished = False
         self.run_dir = pipe.run_dir(step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.run_dir / "train.log"
@@ -251,12 +254,16 @@ class BackgroundRun:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def finish(self) -> None:
+        """Wait for the child, give the main process every thread back and record the run (once)."""
         import torch
 
+        if self.finished:
+            return
         if self.proc.poll() is None:
             print(f"\nwaiting for the background {self.step} run ({self.log})", flush=True)
         code = self.proc.wait()
         torch.set_num_threads(self.main_threads)
+        self.finished = True
         if code != 0:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
             raise ProdaError(f"the background {self.step} run failed (exit status {code}); see {self.log}: "

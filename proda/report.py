@@ -7,6 +7,7 @@ numbers of another setting.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax = axes[1, 0]
     rounds = pseudo_label_rounds(report)
     if rounds:
-        ax.barh([r[0] for r in rounds][::-1], [r[1] for r in rounds][::-1], color="#2ca02c")
+        labels = [textwrap.fill(r[0], 30) for r in rounds]  # long round names would be cut off the figure
+        ax.barh(labels[::-1], [r[1] for r in rounds][::-1], color="#2ca02c")
         for y, r in enumerate(rounds[::-1]):
             ax.text(r[1], y, f" {r[1]:.1f}" + ("" if r[2] is None else f" ({100 * r[2]:.0f}% kept)"), va="center", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -110,7 +112,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.set_title("wall time per stage")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     write_bytes(path, buf.getvalue())
 

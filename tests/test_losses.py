@@ -293,3 +293,34 @@ def test_distillation_valid_mask_and_bad_form():
     close(distillation_kl(student, teacher, valid=valid), torch.tensor(0.0654060180))
     with pytest.raises(ValueError):
         distillation_kl(student, teacher, form="kld")  # type: ignore[arg-type]
+
+
+def test_nt_xent_by_hand():
+    """Two pairs of 2-d embeddings at right angles: every similarity is 0 or ±1/T, so the loss is a
+    closed form. z1 = [e1, e2], z2 = [e1, -e2] (the second pair disagrees completely)."""
+    from proda.adapt.ssl import nt_xent
+
+    t = 0.5
+    z1 = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # norms differ: the loss normalises
+    z2 = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    # anchor e1 (row 0): candidates e2 (0), e1 (+1/T, positive), -e2 (0)
+    pair1 = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2.0))
+    # anchor e2 (row 1): candidates e1 (0), e1 (0), -e2 (-1/T, positive)
+    pair2 = -math.log(math.exp(-1 / t) / (2.0 + math.exp(-1 / t)))
+    expected = (2 * pair1 + 2 * pair2) / 4  # each pair appears once from each side
+    assert nt_xent(z1, z2, t).item() == pytest.approx(expected, rel=1e-6)
+    # perfectly matched, well separated pairs give a smaller loss than mismatched ones
+    assert nt_xent(z1, z1.clone(), t) < nt_xent(z1, z2, t)
+
+
+def test_nt_xent_gradient_pulls_partners_together():
+    from proda.adapt.ssl import nt_xent
+
+    torch.manual_seed(0)
+    z1 = torch.randn(4, 8, requires_grad=True)
+    z2 = torch.randn(4, 8)
+    nt_xent(z1, z2, 0.2).backward()
+    with torch.no_grad():
+        before = torch.nn.functional.cosine_similarity(z1, z2).sum()
+        after = torch.nn.functional.cosine_similarity(z1 - 0.1 * z1.grad, z2).sum()
+    assert after > before

@@ -23,6 +23,7 @@ class Stage:
 
     name = "stage"
     evaluates = True  # whether target-val mIoU of modules["model"] means anything for this stage
+    progress = True  # progress bars of the stage's own loops (the trainer sets it from its own setting)
     # modules trained by back-propagation: wrapped in DistributedDataParallel when world_size > 1
     ddp_modules: tuple[str, ...] = ("model",)
 

@@ -123,6 +123,7 @@ class Trainer:
         if stage_factory is None:
             from ..adapt.registry import build_stage as stage_factory
         self.stage = stage_factory(cfg, self.device)
+        self.stage.progress = progress
         self.prepare_modules()
         self.val_reader = None
 
