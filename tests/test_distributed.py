@@ -247,7 +247,7 @@ def assert_same_update(after: dict, reference: dict, before: dict, rtol: float =
 
 
 def train_losses(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith(("lr/", "sec_"))}
+    return [{k: v for k, v in row.items() if not k.startswith(("lr/", "sec_")) and k != "kind"}
             for row in read_metrics(run_dir, kind="train")]
 
 
