@@ -5,11 +5,13 @@ working tree's ``proda`` even when another copy is installed in site-packages.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -53,3 +55,14 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], note
     text = "\n".join(out)
     print(text + "\n", flush=True)
     return text
+
+
+def cli(run: Callable[[bool], dict], doc: str | None) -> None:
+    """The command line of a benchmark module: ``[--quick] [--json FILE]``."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    result = run(args.quick)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))

@@ -20,10 +20,8 @@ over the same random geometries; times and memory are medians over samples.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -257,10 +255,4 @@ def _print(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
-    a = ap.parse_args()
-    res = run(a.quick)
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2))
+    _common.cli(run, __doc__)
