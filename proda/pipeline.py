@@ -36,6 +36,7 @@ import yaml
 
 from .config import load_config, resolve_config_path
 from .errors import ConfigError, ProdaError
+from .io import write_json
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
               "hard_labels_2", "stage3")
@@ -180,12 +181,39 @@ class Pipeline:
         from .engine.trainer import train
 
         if step in TRAINED:
+            self.check_inputs(step)
             result = train(self.config(step), progress=self.progress)
             self.record(step, result.final, result.wall_s, result.run_dir)
         elif step == "soft_labels":
             self.soft_labels()
         else:
             self.hard_labels("stage1" if step == "hard_labels_1" else "stage2", step)
+
+    def input_fingerprints(self, step: str) -> dict[str, list[int]]:
+        """Size and modification time of what the links give ``step`` (checkpoints, label folders' meta.json)."""
+        prints = {}
+        for item in self.links(step):
+            value = Path(item.split("=", 1)[1])
+            path = value / "meta.json" if value.is_dir() else value
+            if path.is_file():
+                st = path.stat()
+                prints[str(path)] = [st.st_size, st.st_mtime_ns]
+        return prints
+
+    def check_inputs(self, step: str) -> None:
+        """A stage resumed or skipped must still have the inputs it started from: an earlier stage rerun by
+        hand (not with --from) would otherwise leave it resuming with a stale teacher or labels."""
+        record = self.run_dir(step) / "pipeline_inputs.json"
+        now = self.input_fingerprints(step)
+        if record.is_file() and (self.run_dir(step) / "latest.pth").is_file():
+            before = json.loads(record.read_text())
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if changed:
+                raise ConfigError(f"{self.run_dir(step)}: {step} started from other inputs than now "
+                                  f"({', '.join(changed)} changed); rerun with --from {step}")
+            return
+        self.run_dir(step).mkdir(parents=True, exist_ok=True)
+        write_json(record, now)
 
     def record(self, step: str, final: dict[str, Any], wall_s: float, run_dir: Path) -> None:
         entry: dict[str, Any] = {"wall_s": round(wall_s, 1), "run_dir": str(run_dir)}

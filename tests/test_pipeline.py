@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,17 @@ def test_the_pipeline_refuses_to_run_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="proda pipeline runs in one process"):
         run_pipeline(PIPELINE, ["data.source_root=s", "data.target_root=t"], progress=False)
+
+
+def test_a_stage_whose_inputs_changed_is_not_resumed(finished):
+    """stage 1 rerun by hand after stage 2 started: stage 2 would resume with a stale teacher."""
+    root, overrides, _ = finished
+    teacher = root / "runs" / "stage1" / "latest.pth"
+    stamp = teacher.stat()
+    os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(ConfigError, match=r"stage2 started from other inputs than now .*stage1/latest.pth.*"
+                                              r"rerun with --from stage2"):
+            run_pipeline(PIPELINE, overrides, progress=False)
+    finally:
+        os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
