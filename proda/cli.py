@@ -240,8 +240,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import run_pipeline
         from .report import format_table
 
+        from .engine import dist
+
         report = run_pipeline(args.config, args.overrides, start_from=args.start_from, progress=not args.no_progress)
-        print("\n" + format_table(report))
+        if dist.is_main():
+            print("\n" + format_table(report))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -6,11 +6,12 @@ same command again skips what is finished and resumes what was interrupted.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .io import write_json
 from .pipeline import run_pipeline
 from .report import format_table
@@ -20,6 +21,9 @@ PIPELINE = Path(__file__).parent / "configs" / "synthetic" / "pipeline.yaml"
 
 def run_demo(out: str | Path, data: str | Path | None = None, progress: bool = True,
              overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("proda demo runs in one process; under torchrun use "
+                          "`proda pipeline synthetic/pipeline data.source_root=... data.target_root=...`")
     out = Path(out)
     t0 = time.time()
     if data is None:

@@ -36,6 +36,7 @@ import yaml
 
 from .config import load_config, resolve_config_path
 from .errors import ConfigError, ProdaError
+from .engine import dist
 from .io import write_json
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
@@ -137,16 +138,21 @@ class Pipeline:
         if start_from is not None:
             if start_from not in steps:
                 raise ConfigError(f"--from {start_from}: not a step of this pipeline ({', '.join(steps)})")
-            for step in steps[steps.index(start_from):]:
-                self.clear(step)
+            if dist.is_main():
+                for step in steps[steps.index(start_from):]:
+                    self.clear(step)
+            dist.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
-        # the oracle depends on nothing: it trains in the background beside the source-only run
-        background = BackgroundRun(self, "oracle") if self.spec.background_oracle and "oracle" in steps else None
+        # the oracle depends on nothing: it trains in the background beside the source-only run (one process
+        # only: under torchrun every stage, the oracle included, uses all processes in turn)
+        background = (BackgroundRun(self, "oracle") if self.spec.background_oracle and "oracle" in steps
+                      and dist.world_size() == 1 else None)
         try:
             for step in steps:
                 if background is not None and step == background.step:
                     continue
-                print(f"\n== {step} ==", flush=True)
+                if dist.is_main():
+                    print(f"\n== {step} ==", flush=True)
                 t0 = time.time()
                 self.run_step(step)
                 if step not in TRAINED:
@@ -212,8 +218,9 @@ class Pipeline:
                 raise ConfigError(f"{self.run_dir(step)}: {step} started from other inputs than now "
                                   f"({', '.join(changed)} changed); rerun with --from {step}")
             return
-        self.run_dir(step).mkdir(parents=True, exist_ok=True)
-        write_json(record, now)
+        if dist.is_main():
+            self.run_dir(step).mkdir(parents=True, exist_ok=True)
+            write_json(record, now)
 
     def record(self, step: str, final: dict[str, Any], wall_s: float, run_dir: Path) -> None:
         entry: dict[str, Any] = {"wall_s": round(wall_s, 1), "run_dir": str(run_dir)}
@@ -244,7 +251,7 @@ class Pipeline:
                                       progress=self.progress)
         following = "stage2" if stage == "stage1" else "stage3"
         threshold = load_config(self.spec.stages[following], [*self.spec.overrides, *self.links(following)]).distill.threshold
-        quality = hard_label_quality(cfg, folder, threshold, progress=self.progress)
+        quality = hard_label_quality(cfg, folder, threshold, progress=self.progress) if dist.is_main() else {}
         if quality:
             self.report["pseudo_labels"].setdefault(step, {}).update(quality)
 
@@ -252,6 +259,8 @@ class Pipeline:
     def write_report(self) -> None:
         from .report import finish_report
 
+        if not dist.is_main():
+            return
         finish_report(self.report, self.out)
 
 
@@ -315,10 +324,8 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
 
 def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = (), start_from: str | None = None,
                  progress: bool = True, hook: Callable[[Pipeline], None] | None = None) -> dict[str, Any]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("proda pipeline runs in one process; under torchrun, run its stages one by one "
-                          "(`torchrun ... -m proda train CONFIG`, `proda prototypes`, `proda pseudo-label`)")
     pipe = Pipeline(PipelineSpec.load(path, overrides), progress=progress)
+    dist.init_from_env(pipe.config("source_only").run.device)  # under torchrun: every stage on every process
     if hook is not None:
         hook(pipe)
     return pipe.run(start_from)

@@ -127,10 +127,23 @@ def test_gap_closed():
     assert gap_closed(report) == {"stage1": 0.5, "stage3": 0.75}
 
 
-def test_the_pipeline_refuses_to_run_under_torchrun(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="proda pipeline runs in one process"):
-        run_pipeline(PIPELINE, ["data.source_root=s", "data.target_root=t"], progress=False)
+def test_the_pipeline_runs_under_torchrun(finished, tmp_path):
+    """2 gloo processes run every step (the oracle in turn, not in the background); rank 0 writes the report."""
+    import subprocess
+    import sys
+
+    root, overrides, _ = finished
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "proda",
+           "pipeline", str(PIPELINE), "--no-progress", f"out_dir={runs}",
+           *[o for o in overrides if not o.startswith("out_dir=")], "data.batch_size=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((runs / "report.json").read_text())
+    assert set(report["stages"]) == {"source_only", "oracle", "warmup", "stage1", "stage2", "stage3"}
+    assert not (runs / "oracle" / "train.log").exists()
+    assert "world_size=2" in done.stdout and done.stdout.count("| stage3 |") == 1  # one table, from rank 0
+    assert (runs / "stage1" / "pseudo_hard" / "meta.json").is_file()
 
 
 def test_a_stage_whose_inputs_changed_is_not_resumed(finished):
