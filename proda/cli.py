@@ -237,10 +237,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'gta5'} and {Path(args.out) / 'cityscapes'}")
         return 0
     if args.command == "pipeline":
+        from .engine import dist
         from .pipeline import run_pipeline
         from .report import format_table
-
-        from .engine import dist
 
         report = run_pipeline(args.config, args.overrides, start_from=args.start_from, progress=not args.no_progress)
         if dist.is_main():

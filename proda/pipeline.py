@@ -157,11 +157,8 @@ class Pipeline:
                 self.run_step(step)
                 if step not in TRAINED:
                     self.report["pseudo_labels"].setdefault(step, {})["wall_s"] = round(time.time() - t0, 1)
-                if background is not None and step == "source_only":
+                if background is not None and step == "source_only":  # always the first step
                     background.finish()  # same budget, so both end together; later stages get every thread
-                self.write_report()
-            if background is not None:
-                background.finish()
                 self.write_report()
         finally:
             if background is not None:
@@ -275,7 +272,6 @@ class BackgroundRun:
         import torch
 
         self.pipe, self.step = pipe, step
-        self.finished = False
         self.run_dir = pipe.run_dir(step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.run_dir / "train.log"
@@ -291,16 +287,13 @@ class BackgroundRun:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def finish(self) -> None:
-        """Wait for the child, give the main process every thread back and record the run (once)."""
+        """Wait for the child, give the main process every thread back and record the run."""
         import torch
 
-        if self.finished:
-            return
         if self.proc.poll() is None:
             print(f"\nwaiting for the background {self.step} run ({self.log})", flush=True)
         code = self.proc.wait()
         torch.set_num_threads(self.main_threads)
-        self.finished = True
         if code != 0:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
             raise ProdaError(f"the background {self.step} run failed (exit status {code}); see {self.log}: "
