@@ -133,6 +133,9 @@ class DistillConfig:
     pseudo_labels: str = ""  # folder written by `proda pseudo-label` (hard)
     teacher: str = ""  # the previous stage's checkpoint
     threshold: float = 0.95  # pixels with confidence <= threshold are ignored
+    # > 0: each class also keeps (at least) its most confident share of pixels, class-balanced as in CBST;
+    # 0 is the original's single threshold, which can keep nothing of a class the teacher is unsure of
+    class_keep: float = 0.0
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     # 'kl': KL(teacher || student) with log-probabilities for the student (the intent). 'original': the
@@ -478,6 +481,7 @@ def validate(cfg: Config) -> None:
         need(bool(s1.prototypes), "stage1.prototypes", "is required (a file from `proda prototypes`)")
     k = cfg.distill
     need(0.0 <= k.threshold <= 1.0, "distill.threshold", f"must be in [0, 1], got {k.threshold}")
+    need(0.0 <= k.class_keep <= 1.0, "distill.class_keep", f"must be in [0, 1], got {k.class_keep}")
     need(k.loss_stride >= 1, "distill.loss_stride", f"must be at least 1, got {k.loss_stride}")
     if cfg.stage == "distill":
         need(bool(k.pseudo_labels), "distill.pseudo_labels", "is required (a folder from `proda pseudo-label`)")

@@ -15,3 +15,7 @@ class DataError(ProdaError):
 
 class CheckpointError(ProdaError):
     """A checkpoint is unreadable, torn, or does not fit the model."""
+
+
+class StalePseudoLabelsError(DataError):
+    """A pseudo-label folder already holds labels of another checkpoint or stage than the one asked for."""

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import load_config, resolve_config_path
-from .errors import ConfigError, ProdaError
+from .errors import ConfigError, ProdaError, StalePseudoLabelsError
 from .engine import dist
 from .io import write_json
 
@@ -187,20 +187,27 @@ class Pipeline:
             self.check_inputs(step)
             result = train(self.config(step), progress=self.progress)
             self.record(step, result.final, result.wall_s, result.run_dir)
-        elif step == "soft_labels":
-            self.soft_labels()
         else:
-            self.hard_labels("stage1" if step == "hard_labels_1" else "stage2", step)
+            try:
+                if step == "soft_labels":
+                    self.soft_labels()
+                else:
+                    self.hard_labels("stage1" if step == "hard_labels_1" else "stage2", step)
+            except StalePseudoLabelsError as exc:  # the model was retrained since: say which step reruns
+                raise ConfigError(f"{exc}; in this pipeline: rerun with --from {step}") from None
 
-    def input_fingerprints(self, step: str) -> dict[str, list[int]]:
-        """Size and modification time of what the links give ``step`` (checkpoints, label folders' meta.json)."""
+    def input_fingerprints(self, step: str) -> dict[str, str]:
+        """Content digests of what the links give ``step`` (checkpoints, label folders' meta.json), keyed by
+        the path relative to the pipeline's folder: a copied or moved run folder still matches."""
+        from .engine.checkpoint import content_digest
+
         prints = {}
         for item in self.links(step):
             value = Path(item.split("=", 1)[1])
             path = value / "meta.json" if value.is_dir() else value
             if path.is_file():
-                st = path.stat()
-                prints[str(path)] = [st.st_size, st.st_mtime_ns]
+                key = os.path.relpath(path, self.out) if path.is_relative_to(self.out) else str(path)
+                prints[key] = content_digest(path)
         return prints
 
     def check_inputs(self, step: str) -> None:
@@ -247,8 +254,9 @@ class Pipeline:
         folder = pseudo_label_command(str(self.ckpt(stage)), cfg, soft=False, out=str(self.run_dir(stage) / "pseudo_hard"),
                                       progress=self.progress)
         following = "stage2" if stage == "stage1" else "stage3"
-        threshold = load_config(self.spec.stages[following], [*self.spec.overrides, *self.links(following)]).distill.threshold
-        quality = hard_label_quality(cfg, folder, threshold, progress=self.progress) if dist.is_main() else {}
+        selection = load_config(self.spec.stages[following], [*self.spec.overrides, *self.links(following)]).distill
+        quality = (hard_label_quality(cfg, folder, selection.threshold, selection.class_keep, progress=self.progress)
+                   if dist.is_main() else {})
         if quality:
             self.report["pseudo_labels"].setdefault(step, {}).update(quality)
 

@@ -56,7 +56,10 @@ def pseudo_label_rounds(report: dict[str, Any]) -> list[tuple[str, float, float 
     for step, name in (("hard_labels_1", "stage-1 hard labels"), ("hard_labels_2", "stage-2 hard labels")):
         q = report.get("pseudo_labels", {}).get(step, {})
         if q.get("miou_kept") is not None:
-            rounds.append((f"{name}, confidence > {q['threshold']}", q["miou_kept"], q["kept_fraction"]))
+            kept = f"confidence > {q['threshold']}"
+            if q.get("class_keep"):
+                kept += f" or top {100 * q['class_keep']:.0f}% of its class"
+            rounds.append((f"{name}, {kept}", q["miou_kept"], q["kept_fraction"]))
     return rounds
 
 

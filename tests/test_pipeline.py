@@ -45,6 +45,11 @@ def test_every_step_ran_and_the_report_is_complete(finished):
     assert (runs / "report.md").read_text().startswith("# proda pipeline report")
     assert (runs / "report.png").stat().st_size > 10_000
     assert set(report["gap_closed"]) <= {"warmup", "stage1", "stage2", "stage3"}
+    # the synthetic distillation keeps each class's most confident 20 % besides confidence > 0.95
+    thresholds = json.loads((runs / "stage2" / "result.json").read_text())["final"]["pseudo_label_thresholds"]
+    assert len(thresholds) == 19 and all(0.0 <= t <= 0.95 for t in thresholds)
+    assert "stage-1 hard labels, confidence > 0.95 or top 20% of its class" in (runs / "report.md").read_text()
+    assert report["pseudo_labels"]["hard_labels_1"]["class_keep"] == 0.2
 
 
 def test_a_finished_pipeline_is_skipped(finished):
@@ -52,6 +57,21 @@ def test_a_finished_pipeline_is_skipped(finished):
     stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")}
     again = run_pipeline(PIPELINE, overrides, progress=False)
     assert {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")} == stamps
+    assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
+
+
+def test_a_copied_pipeline_folder_is_skipped_too(finished, tmp_path):
+    """Inputs are recognised by content, not path or modification time: a copy of the run folder (cp -r
+    gives new mtimes) is a finished pipeline, not 'inputs changed'."""
+    import shutil
+
+    root, overrides, report = finished
+    copy = tmp_path / "runs"
+    shutil.copytree(root / "runs", copy, copy_function=shutil.copyfile)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.glob("*/latest.pth")}
+    moved = [f"out_dir={copy}", *[o for o in overrides if not o.startswith("out_dir=")]]
+    again = run_pipeline(PIPELINE, moved, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in copy.glob("*/latest.pth")} == stamps
     assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
 
 
@@ -147,14 +167,25 @@ def test_the_pipeline_runs_under_torchrun(finished, tmp_path):
 
 
 def test_a_stage_whose_inputs_changed_is_not_resumed(finished):
-    """stage 1 rerun by hand after stage 2 started: stage 2 would resume with a stale teacher."""
+    """stage 1 rerun by hand after its hard labels and stage 2 were made: the labels are refused first (they
+    are the old model's), then, with fresh labels, stage 2 (it would resume with a stale teacher)."""
+    from proda.engine.checkpoint import load_checkpoint, save_checkpoint
+
     root, overrides, _ = finished
-    teacher = root / "runs" / "stage1" / "latest.pth"
-    stamp = teacher.stat()
-    os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    runs = root / "runs"
+    teacher, meta = runs / "stage1" / "latest.pth", runs / "stage1" / "pseudo_hard" / "meta.json"
+    original, original_meta = teacher.read_bytes(), meta.read_bytes()
+    state = load_checkpoint(teacher)
+    save_checkpoint(teacher, {**state, "wall_s": state["wall_s"] + 1.0})  # a rerun: other content
     try:
-        with pytest.raises(ConfigError, match=r"stage2 started from other inputs than now .*stage1/latest.pth.*"
-                                              r"rerun with --from stage2"):
+        with pytest.raises(ConfigError, match=r"stage1/pseudo_hard: existing pseudo labels come from another "
+                                              r"checkpoint.*rerun with --from hard_labels_1"):
+            run_pipeline(PIPELINE, overrides, progress=False)
+        teacher.write_bytes(original)
+        meta.write_text(meta.read_text().replace('"date": "', '"date": "1999'))  # labels made again
+        with pytest.raises(ConfigError, match=r"stage2 started from other inputs than now \(stage1/pseudo_hard/"
+                                              r"meta.json changed\); rerun with --from stage2"):
             run_pipeline(PIPELINE, overrides, progress=False)
     finally:
-        os.utime(teacher, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        meta.write_bytes(original_meta)
+        teacher.write_bytes(original)

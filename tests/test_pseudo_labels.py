@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import proda.io
 from proda.data.pseudo_labels import (
-    PseudoLabelStore, _decode_planes, _encode_planes, decode_hard, decode_soft, encode_hard, encode_soft,
-    hard_labels_for_crop, soft_format_report, soft_header, soft_labels_for_crop, synthetic_prototype_weights,
+    PseudoLabelStore, _decode_planes, _encode_planes, class_balanced_thresholds, decode_hard, decode_soft,
+    encode_hard, encode_soft, hard_labels_for_crop, soft_format_report, soft_header, soft_labels_for_crop, synthetic_prototype_weights,
     synthetic_soft_map, threshold_labels,
 )
 from proda.data.transforms import WeakGeometry, sample_weak_geometry
@@ -180,6 +180,67 @@ def test_threshold_between_grid_points_rounds_down() -> None:
     assert threshold_labels(*decode_hard(encode_hard(label, conf)), 0.9505)[0, 0] == 1  # as if t = 0.950
 
 
+def test_per_class_thresholds() -> None:
+    """One threshold per class, looked up by each pixel's label; ids outside the table are ignored."""
+    label = np.array([[0, 0, 1, 1, 2, 7]], dtype=np.uint8)
+    conf = np.array([[0.5, 0.7, 0.5, 0.7, 0.99, 0.99]], dtype=np.float32)
+    per_class = np.array([0.6, 0.4, 0.995])
+    assert threshold_labels(label, conf, per_class).tolist() == [[255, 0, 1, 1, 255, 255]]
+    # a per-class table of equal values is the scalar rule
+    assert threshold_labels(label, conf, np.full(8, 0.6)).tolist() == threshold_labels(label, conf, 0.6).tolist()
+
+
+def test_class_balanced_thresholds_by_hand() -> None:
+    """N = 10 grid. Class 0: codes 10 x4, 9 x4, 5 x2 (10 pixels); class 1: codes 3, 4, 6, 8 (4 pixels);
+    class 2: no pixels. With threshold 0.95 and keep 0.5:
+      class 0: pixels above j: j=8 -> 8 (80 %), j=9 -> 4 (40 %): largest j keeping >= 50 % is 8 -> 0.8;
+      class 1: j=3 -> 3 (75 %), j=4 -> 2 (50 %), j=5 -> 2, j=6 -> 1: largest is 5 -> 0.5;
+      class 2: 0.95. With keep 0.2 class 0's own j is 9 -> 0.9 (4 of 10 above), and keep 0.9 needs j=4
+      (all 10 above) for class 0; class 1 with keep 1 needs everything kept: j = 2."""
+    hist = np.zeros((3, 11), dtype=np.int64)
+    hist[0, 10], hist[0, 9], hist[0, 5] = 4, 4, 2
+    for q in (3, 4, 6, 8):
+        hist[1, q] = 1
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.95, 0.5, conf_steps=10), [0.8, 0.5, 0.95])
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.95, 0.2, conf_steps=10)[0], 0.9)
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.95, 0.9, conf_steps=10)[0], 0.4)
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.95, 1.0, conf_steps=10)[1], 0.2)
+    # never stricter than the global threshold; keep 0 is the global threshold alone
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.3, 0.5, conf_steps=10), [0.3, 0.3, 0.3])
+    np.testing.assert_allclose(class_balanced_thresholds(hist, 0.95, 0.0, conf_steps=10), [0.95, 0.95, 0.95])
+    with pytest.raises(ValueError, match="histogram must be"):
+        class_balanced_thresholds(hist, 0.95, 0.5)  # default grid of 1/1000
+
+
+def test_class_balanced_selection_keeps_the_share(tmp_path: Path) -> None:
+    """Through a store: every class keeps at least its share (exactly, as codes are exact), and the
+    histogram counts each pixel's code once."""
+    rng = np.random.default_rng(0)
+    store = PseudoLabelStore.create(tmp_path / "pl", "hard", 4, (16, 8), checkpoint="s1.pth", stage="stage1")
+    labels, confs = [], []
+    for i in range(3):
+        label = rng.integers(0, 4, (8, 16)).astype(np.uint8)
+        conf = rng.beta(np.where(label == 3, 1, 5), 1).astype(np.float32)  # class 3 unsure
+        store.write(f"im{i}", encode_hard(label, conf))
+        labels.append(label), confs.append(conf)
+    names = [f"im{i}" for i in range(3)]
+    hist = store.confidence_histogram(names)
+    assert hist.shape == (4, 1001) and hist.sum() == 3 * 8 * 16
+    all_codes = np.ceil(np.concatenate(confs).astype(np.float64).ravel() * 1000).astype(int)
+    assert np.array_equal(hist[3], np.bincount(all_codes[np.concatenate(labels).ravel() == 3], minlength=1001))
+    per_class = class_balanced_thresholds(hist, 0.95, 0.3)
+    kept = [threshold_labels(*store.read_hard(n), per_class) for n in names]
+    for c in range(4):
+        share = sum(int((k == c).sum()) for k in kept) / int(hist[c].sum())
+        above = sum(int(((l == c) & (f > 0.95)).sum()) for l, f in zip(labels, confs)) / int(hist[c].sum())
+        assert share >= max(0.3, above)
+        assert share < 0.3 + 0.1 or per_class[c] == 0.95  # not much more than asked for
+    assert per_class[3] < 0.95  # the unsure class is kept only thanks to its share
+    store.write("other_grid", encode_hard(labels[0], confs[0], conf_steps=100))
+    with pytest.raises(DataError, match="other_grid.hard: confidences on a grid of 1/100"):
+        store.confidence_histogram(["other_grid"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Store
 
@@ -215,6 +276,23 @@ def test_store_round_trip_and_resume(tmp_path: Path) -> None:
         PseudoLabelStore.create(root, "soft", 5, (9, 7), checkpoint="other.pth", stage="warmup")
     with pytest.raises(DataError, match="num_classes"):
         PseudoLabelStore.create(root, "soft", 6, (9, 7), checkpoint="warmup.pth", stage="warmup")
+
+
+def test_store_compares_checkpoints_by_content_when_it_can(tmp_path: Path) -> None:
+    """A run folder moved or copied elsewhere resumes its labels (same checkpoint content, other path);
+    another checkpoint at the same path is refused, naming both."""
+    root = tmp_path / "pl"
+    PseudoLabelStore.create(root, "hard", 5, (9, 7), checkpoint="/a/s1.pth", stage="stage1", checkpoint_digest="d1")
+    PseudoLabelStore.create(root, "hard", 5, (9, 7), checkpoint="/b/s1.pth", stage="stage1", checkpoint_digest="d1")
+    with pytest.raises(DataError, match=r"another checkpoint \(made from '/a/s1.pth', whose content differs"):
+        PseudoLabelStore.create(root, "hard", 5, (9, 7), checkpoint="/a/s1.pth", stage="stage1", checkpoint_digest="d2")
+    with pytest.raises(DataError, match="stage"):
+        PseudoLabelStore.create(root, "hard", 5, (9, 7), checkpoint="/a/s1.pth", stage="stage2", checkpoint_digest="d1")
+    # a store written without a digest (older proda) is compared by path
+    PseudoLabelStore.create(tmp_path / "old", "hard", 5, (9, 7), checkpoint="/a/s1.pth", stage="stage1")
+    with pytest.raises(DataError, match="checkpoint '/a/s1.pth', not '/b/s1.pth'"):
+        PseudoLabelStore.create(tmp_path / "old", "hard", 5, (9, 7), checkpoint="/b/s1.pth", stage="stage1",
+                                checkpoint_digest="d1")
 
 
 def test_store_hard(tmp_path: Path) -> None:

@@ -123,3 +123,21 @@ def test_preflight_names_a_broken_file_before_training(tiny_data, tmp_path):
     with pytest.raises(ProdaError, match=r"(?s)source training data: 1 problem.*00001\.png"):
         train(tiny_config(data, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "latest.pth").exists()
+
+
+def test_content_digest_of_checkpoints_and_other_files(tmp_path):
+    """The digest a proda checkpoint records in its header (no loading), the file's SHA-256 otherwise."""
+    import hashlib
+    import shutil
+
+    from proda.engine.checkpoint import content_digest, save_checkpoint
+
+    save_checkpoint(tmp_path / "a.pth", {"w": torch.arange(4)})
+    payload = (tmp_path / "a.pth").read_bytes().split(b"\n", 2)[2]
+    assert content_digest(tmp_path / "a.pth") == hashlib.sha256(payload).hexdigest()
+    shutil.copyfile(tmp_path / "a.pth", tmp_path / "b.pth")
+    assert content_digest(tmp_path / "b.pth") == content_digest(tmp_path / "a.pth")
+    save_checkpoint(tmp_path / "a.pth", {"w": torch.arange(5)})
+    assert content_digest(tmp_path / "a.pth") != content_digest(tmp_path / "b.pth")
+    (tmp_path / "meta.json").write_bytes(b"x" * (3 << 20))
+    assert content_digest(tmp_path / "meta.json") == hashlib.sha256(b"x" * (3 << 20)).hexdigest()

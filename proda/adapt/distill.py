@@ -2,7 +2,8 @@
 
 The student (stage 2: a self-supervised backbone with the extra BN and a fresh head; stage 3: the stage-2
 model) learns on the target strong view from the previous stage's hard pseudo labels, thresholded at load
-time and carried into the strong view with the exact geometry the image got, and from the frozen previous
+time (one confidence threshold, optionally with a class-balanced share of each class) and carried into the
+strong view with the exact geometry the image got, and from the frozen previous
 stage itself (KL on the same strong image). The labelled source keeps its cross-entropy.
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, hard_labels_for_crop, threshold_labels
 from ..data.strong import labels_to_strong, strong_view
 from ..data.transforms import WeakCropper, image_to_tensor
+from ..engine import dist
 from ..engine.data import AugmentedDataset
+from ..engine.pseudo_label import selection_thresholds
 from ..models.build import normalize, upsample
 from ..models.checkpoints import load_model_for_config
 from .base import Stage, source_reader, target_reader, weak_view_fn
@@ -28,11 +31,12 @@ from .supervised import segmentation_loss
 class DistillTargetView:
     """Strong view of a weak target crop, with the thresholded hard labels of the weak crop on the loss grid."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, keep_above: float | np.ndarray):
         d, k = cfg.data, cfg.distill
         self.cropper = WeakCropper.from_config(d)
         self.grid = grid_size(self.cropper.crop_size, k.loss_stride)
-        self.strong_ops, self.cutout, self.threshold = k.strong_ops, k.cutout, k.threshold
+        self.strong_ops, self.cutout = k.strong_ops, k.cutout
+        self.keep_above = keep_above  # one threshold or one per class (distill.class_keep)
         self.root = k.pseudo_labels
         self._store: PseudoLabelStore | None = None
 
@@ -42,7 +46,7 @@ class DistillTargetView:
         geom, crop, _ = self.cropper(rng, sample["image"])
         strong, transform = strong_view(crop, rng, n_ops=self.strong_ops, cutout=self.cutout)
         label, conf = self._store.read_hard(sample["name"])
-        pseudo = threshold_labels(label, conf, self.threshold)
+        pseudo = threshold_labels(label, conf, self.keep_above)
         return {
             "strong": image_to_tensor(strong),
             "strong_transform": transform.to_tensor(),
@@ -63,16 +67,28 @@ class DistillStage(Stage):
             p.requires_grad_(False)
         self.teacher = teacher.eval()  # frozen, not checkpointed: it is the file named by distill.teacher
         self.teacher_input = (meta["input"]["mean"], meta["input"]["std"])
-        PseudoLabelStore.open(k.pseudo_labels, kind="hard", num_classes=cfg.data.num_classes)  # fail early
+        store = PseudoLabelStore.open(k.pseudo_labels, kind="hard", num_classes=cfg.data.num_classes)  # fail early
+        target = target_reader(cfg, with_labels=False)
+        self.keep_above = selection_thresholds(store, [s.name for s in target.samples], k.threshold, k.class_keep,
+                                               device=device, collective=True, progress=self.progress)
+        if k.class_keep > 0 and dist.is_main():
+            shown = " ".join(f"{t:.3f}" for t in self.keep_above)
+            print(f"pseudo labels kept per class above (confidence > {k.threshold} or the top "
+                  f"{100 * k.class_keep:.0f}% of the class): {shown}")
         self.streams = {
             "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
-            "target": AugmentedDataset(target_reader(cfg, with_labels=False), DistillTargetView(cfg)),
+            "target": AugmentedDataset(target, DistillTargetView(cfg, self.keep_above)),
         }
         self.grid = grid_size(tuple(cfg.data.crop_size), k.loss_stride)
 
     def train_mode(self) -> None:
         self.model.train()
         self.teacher.eval()
+
+    def final_metrics(self) -> dict[str, Any]:
+        if np.ndim(self.keep_above) == 0:
+            return {}
+        return {"pseudo_label_thresholds": [round(float(t), 6) for t in self.keep_above]}
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         cfg, k = self.cfg, self.cfg.distill

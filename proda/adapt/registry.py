@@ -18,5 +18,11 @@ STAGES = {
 }
 
 
-def build_stage(cfg, device: torch.device):
-    return STAGES[cfg.stage](cfg, device)
+def build_stage(cfg, device: torch.device, progress: bool = True):
+    """The stage ``cfg.stage`` names; ``progress`` is set before its constructor runs, so that work done
+    there (e.g. reading every pseudo label once) shows a bar only when wanted."""
+    cls = STAGES[cfg.stage]
+    stage = cls.__new__(cls)
+    stage.progress = progress
+    stage.__init__(cfg, device)
+    return stage

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, StalePseudoLabelsError
 from ..io import write_bytes, write_json
 from .labels import IGNORE_INDEX
 from .transforms import WeakGeometry, full_to_weak, weak_sampling_grid
@@ -85,6 +85,8 @@ __all__ = [
     "decode_hard",
     "hard_header",
     "threshold_labels",
+    "confidence_codes",
+    "class_balanced_thresholds",
     "soft_format_report",
     "PseudoLabelStore",
     "soft_labels_for_crop",
@@ -404,19 +406,56 @@ def decode_hard(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def threshold_labels(
-    label: np.ndarray, confidence: np.ndarray, threshold: float, ignore_index: int = IGNORE_INDEX
+    label: np.ndarray,
+    confidence: np.ndarray,
+    threshold: float | np.ndarray,
+    ignore_index: int = IGNORE_INDEX,
 ) -> np.ndarray:
     """uint8 label with ``ignore_index`` where ``confidence <= threshold`` (the original's rule: 0.95 in
     stages 2/3, ``conf <= threshold`` ignored, strictly above kept).
 
-    Compared in float64: numpy would otherwise round a Python threshold to the confidence's float32, and
-    float32(0.99) > 0.99 would ignore a confidence of 0.99000001.
+    ``threshold`` is one number or one per class (``[C]``, from :func:`class_balanced_thresholds`; a
+    label outside ``0..C-1`` is ignored). Compared in float64: numpy would otherwise round a Python
+    threshold to the confidence's float32, and float32(0.99) > 0.99 would ignore a confidence of 0.99000001.
     """
     label, confidence = np.asarray(label), np.asarray(confidence)
     if label.shape != confidence.shape:
         raise ValueError(f"label {label.shape} and confidence {confidence.shape} differ in shape")
-    ignore = confidence.astype(np.float64) <= float(threshold)
+    if np.ndim(threshold) == 0:
+        per_pixel = float(threshold)
+    else:
+        per_class = np.append(np.asarray(threshold, dtype=np.float64), np.inf)  # out-of-range ids -> +inf
+        per_pixel = per_class[np.minimum(label, len(per_class) - 1)]
+    ignore = confidence.astype(np.float64) <= per_pixel
     return np.where(ignore, np.uint8(ignore_index), label).astype(np.uint8)
+
+
+def confidence_codes(confidence: np.ndarray, conf_steps: int = DEFAULT_CONF_STEPS) -> np.ndarray:
+    """The grid codes ``q`` of decoded hard confidences (``q / N`` rounded down to float32, so rint is exact)."""
+    return np.rint(np.asarray(confidence, dtype=np.float64) * conf_steps).astype(np.int64)
+
+
+def class_balanced_thresholds(
+    histogram: np.ndarray, threshold: float, class_keep: float, conf_steps: int = DEFAULT_CONF_STEPS
+) -> np.ndarray:
+    """Per-class thresholds (float64 ``[C]``) that keep, besides every pixel above ``threshold``, at least
+    the most confident ``class_keep`` share of each class's pixels (class-balanced selection as in CBST,
+    Zou et al. 2018): ``t_c = min(threshold, j_c / N)`` with ``j_c`` the largest grid value such that at
+    least ``class_keep`` of class c's pixels have a code above it. A fixed threshold alone keeps almost
+    nothing of the classes the model is unsure of (poles, signs, riders), so training on it teaches the
+    student to forget them. ``histogram[c, q]`` counts class-c pixels with confidence code ``q`` (see
+    :meth:`PseudoLabelStore.confidence_histogram`); a class without pixels gets ``threshold``.
+    """
+    hist = np.asarray(histogram, dtype=np.int64)
+    if hist.ndim != 2 or hist.shape[1] != conf_steps + 1:
+        raise ValueError(f"histogram must be [C, {conf_steps + 1}], got {hist.shape}")
+    if not 0.0 <= class_keep <= 1.0:
+        raise ValueError(f"class_keep must be in [0, 1], got {class_keep}")
+    counts = hist.sum(axis=1, keepdims=True)
+    above = counts - np.cumsum(hist, axis=1)  # above[c, j]: class-c pixels with code > j (falls with j)
+    largest = (above >= class_keep * counts).sum(axis=1) - 1  # -1: not even j = 0 keeps enough -> keep all
+    thresholds = np.minimum(float(threshold), largest / conf_steps)
+    return np.where(counts[:, 0] > 0, thresholds, float(threshold))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,6 +504,7 @@ class PseudoLabelStore:
         stage: str = "",
         encoding: dict[str, Any] | None = None,
         date: str | None = None,
+        checkpoint_digest: str = "",
     ) -> "PseudoLabelStore":
         """A new store, or the existing one at ``root`` if it holds the same labels (resuming a generation).
 
@@ -472,7 +512,9 @@ class PseudoLabelStore:
         ``encoding`` records the encoder's arguments (e.g. ``{"topk": None}`` or ``{"conf_steps": 1000}``);
         files describe themselves, so it only informs ``estimate_bytes`` and readers of the folder.
         An existing store made for another kind, class count, size, encoding, checkpoint or stage is a
-        DataError: resuming into it would mix labels of two models.
+        DataError: resuming into it would mix labels of two models. With ``checkpoint_digest`` (the
+        checkpoint's content digest) on both sides the checkpoint is compared by content, so a moved or
+        copied run folder resumes; without, by path.
         """
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -484,6 +526,7 @@ class PseudoLabelStore:
             "encoding": dict(encoding or {}),
             "provenance": {
                 "checkpoint": str(checkpoint),
+                "checkpoint_sha256": str(checkpoint_digest),
                 "stage": str(stage),
                 "date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
@@ -495,11 +538,19 @@ class PseudoLabelStore:
             for key in ("kind", "num_classes", "map_size", "format_version", "encoding"):
                 if old.get(key) != meta[key]:
                     raise DataError(f"{root}: existing pseudo labels have {key} {old.get(key)!r}, not {meta[key]!r}")
-            for key in ("checkpoint", "stage"):
-                if old["provenance"].get(key) != meta["provenance"][key]:
-                    raise DataError(
-                        f"{root}: existing pseudo labels come from {key} {old['provenance'].get(key)!r}, "
-                        f"not {meta['provenance'][key]!r}; use another folder or delete this one"
+            before, now = old["provenance"], meta["provenance"]
+            by_content = bool(before.get("checkpoint_sha256") and checkpoint_digest)
+            if by_content and before["checkpoint_sha256"] != now["checkpoint_sha256"]:
+                raise StalePseudoLabelsError(
+                    f"{root}: existing pseudo labels come from another checkpoint (made from "
+                    f"{before.get('checkpoint')!r}, whose content differs from {now['checkpoint']!r}); "
+                    "use another folder or delete this one"
+                )
+            for key in ("stage",) if by_content else ("checkpoint", "stage"):
+                if before.get(key) != now[key]:
+                    raise StalePseudoLabelsError(
+                        f"{root}: existing pseudo labels come from {key} {before.get(key)!r}, "
+                        f"not {now[key]!r}; use another folder or delete this one"
                     )
             return store
         write_json(root / cls.META, meta)
@@ -595,6 +646,9 @@ class PseudoLabelStore:
 
     def read_hard(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(label uint8 [H, W], confidence float32 [H, W])`` of image ``name``; see threshold_labels."""
+        return self._read_hard(name)[:2]
+
+    def _read_hard(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
         path, data = self.path(name), self._read(name, "hard")
         try:
             label, conf = decode_hard(data)
@@ -602,7 +656,24 @@ class PseudoLabelStore:
             raise DataError(f"{path}: {exc}") from None
         if label.shape != (self.map_size[1], self.map_size[0]):
             raise DataError(f"{path}: hard labels of shape {label.shape}, the store's meta says {self.map_size[::-1]}")
-        return label, conf
+        return label, conf, hard_header(data).conf_steps
+
+    def confidence_histogram(self, names: Iterable[str], progress: bool = False) -> np.ndarray:
+        """int64 ``[C, N + 1]``: pixels of each predicted class per confidence code, over images ``names``
+        (for :func:`class_balanced_thresholds`; codes on the grid of :data:`DEFAULT_CONF_STEPS`)."""
+        from tqdm import tqdm
+
+        c, n = self.num_classes, DEFAULT_CONF_STEPS
+        hist = np.zeros(c * (n + 1), dtype=np.int64)
+        for name in tqdm(list(names), desc="pseudo-label confidences", disable=not progress, leave=False):
+            label, conf, steps = self._read_hard(name)
+            if steps != n:
+                raise DataError(f"{self.path(name)}: confidences on a grid of 1/{steps}; class-balanced "
+                                f"thresholds need proda's grid of 1/{n} (regenerate with `proda pseudo-label`)")
+            valid = label < c
+            codes = np.clip(confidence_codes(conf[valid], n), 0, n)
+            hist += np.bincount(label[valid].astype(np.int64) * (n + 1) + codes, minlength=c * (n + 1))
+        return hist.reshape(c, n + 1)
 
     def estimate_bytes(self, n_images: int) -> int:
         """Disk bytes ``n_images`` more files will take (for a free-space check before generating).

@@ -53,6 +53,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's content; for a proda checkpoint the one its header records (read
+    without loading the file). The same for a copied or moved file, different for a rewritten one."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 65)
+        if head.startswith(MAGIC):
+            return head[len(MAGIC):-1].decode()
+        digest = hashlib.sha256(head)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_run_checkpoint(run_dir: Path, state: dict[str, Any], iteration: int, keep_last: int, is_best: bool) -> None:
     """Write the state once, hard-link it as iter_NNNNNNN.pth / best.pth / latest.pth, prune to ``keep_last``.
 

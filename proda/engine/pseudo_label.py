@@ -14,14 +14,16 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.pseudo_labels import PseudoLabelStore, encode_hard, encode_soft
+from ..data.pseudo_labels import PseudoLabelStore, class_balanced_thresholds, encode_hard, encode_soft
 from ..data.transforms import image_to_tensor
 from ..errors import DataError
 from ..models.build import normalize
 from . import dist
+from .checkpoint import content_digest
 from .inference import infer_probabilities
 
 
@@ -92,7 +94,7 @@ def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = Non
     folder = Path(out) if out else Path(os.path.dirname(os.path.abspath(checkpoint))) / f"pseudo_{kind}"
     map_size = output_size(model, image_size, device) if soft else image_size
     store = PseudoLabelStore.create(folder, kind, meta["num_classes"], map_size, checkpoint=os.path.abspath(checkpoint),
-                                    stage=str(meta.get("stage", "")))
+                                    stage=str(meta.get("stage", "")), checkpoint_digest=content_digest(checkpoint))
     missing = store.missing([s.name for s in reader.samples])
     if dist.is_main():
         check_free_space(folder, store.estimate_bytes(len(missing)))
@@ -102,11 +104,30 @@ def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = Non
     return folder
 
 
-def hard_label_quality(cfg, folder: str | Path, threshold: float, progress: bool = True) -> dict[str, float]:
+def selection_thresholds(store: PseudoLabelStore, names: list[str], threshold: float, class_keep: float,
+                         device: torch.device | str = "cpu", collective: bool = False,
+                         progress: bool = True) -> float | np.ndarray:
+    """What training keeps of hard pseudo labels (see threshold_labels): ``threshold`` alone when
+    ``class_keep`` is 0, else per-class thresholds from the confidences of every image in ``names``
+    (class_balanced_thresholds). ``collective``: under torch.distributed each process reads its share of
+    the images and the counts are summed (every process must then call)."""
+    if class_keep <= 0:
+        return threshold
+    shared = collective and dist.is_initialized()
+    mine = names[dist.rank()::dist.world_size()] if shared else names
+    hist = store.confidence_histogram(mine, progress=progress and dist.is_main())
+    if shared:
+        hist = dist.all_reduce_sum(torch.from_numpy(hist).to(device)).cpu().numpy()
+    return class_balanced_thresholds(hist, threshold, class_keep)
+
+
+def hard_label_quality(cfg, folder: str | Path, threshold: float, class_keep: float = 0.0,
+                       progress: bool = True) -> dict[str, float]:
     """How good stored hard labels are, where the target training set has labels (benchmarks).
 
-    ``miou``: argmax labels against the truth over every labelled pixel; ``miou_kept``: over the pixels the
-    threshold keeps; ``kept_fraction``: share of labelled pixels kept. Empty when there is no ground truth.
+    ``miou``: argmax labels against the truth over every labelled pixel; ``miou_kept``: over the pixels
+    training keeps (``threshold``, and the class-balanced share ``class_keep``); ``kept_fraction``: share of
+    labelled pixels kept. Empty when there is no ground truth.
     """
     from ..adapt.base import target_reader
     from ..data.labels import IGNORE_INDEX
@@ -117,6 +138,8 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, progress: bool
     if not reader.has_labels:
         return {}
     store = PseudoLabelStore.open(folder, kind="hard", num_classes=cfg.data.num_classes)
+    keep_below = selection_thresholds(store, [s.name for s in reader.samples], threshold, class_keep,
+                                      progress=progress)
     every, kept = ConfusionMatrix(cfg.data.num_classes), ConfusionMatrix(cfg.data.num_classes)
     kept_pixels = labelled = 0
     for i in tqdm(range(len(reader)), desc="pseudo-label quality", disable=not progress, leave=False):
@@ -126,7 +149,7 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, progress: bool
         if label.shape != sample["label"].shape:
             label = cv2.resize(label, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
             conf = cv2.resize(conf, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
-        thresholded = torch.from_numpy(threshold_labels(label, conf, threshold)).long()
+        thresholded = torch.from_numpy(threshold_labels(label, conf, keep_below)).long()
         every.update(torch.from_numpy(label).long(), truth)
         keep = thresholded != IGNORE_INDEX
         kept.update(thresholded.masked_fill(~keep, 0), truth.masked_fill(~keep, IGNORE_INDEX))
@@ -137,4 +160,4 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, progress: bool
         return None if value != value else value  # nothing kept: no score (JSON has no NaN)
 
     return {"miou": finite(every.miou()), "miou_kept": finite(kept.miou()),
-            "kept_fraction": kept_pixels / max(labelled, 1), "threshold": threshold}
+            "kept_fraction": kept_pixels / max(labelled, 1), "threshold": threshold, "class_keep": class_keep}

@@ -121,7 +121,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.run.seed)  # identical initial weights on every process
         if stage_factory is None:
-            from ..adapt.registry import build_stage as stage_factory
+            from functools import partial
+
+            from ..adapt.registry import build_stage
+
+            stage_factory = partial(build_stage, progress=progress)
         self.stage = stage_factory(cfg, self.device)
         self.stage.progress = progress
         self.prepare_modules()
