@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write all figures to this JSON file")
     ap.add_argument("--quick", action="store_true", help="fewer samples and repetitions (~3 minutes)")
     ap.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    ap.add_argument("--demo-run", help="runs folder of a finished `proda demo` whose real soft labels the storage "
+                                       "benchmark measures (default demo_out/runs)")
     args = ap.parse_args(argv)
+    if args.demo_run:
+        os.environ["PRODA_DEMO_RUN"] = args.demo_run
 
     import torch
 

@@ -10,16 +10,19 @@ step of 1/128 nat and at 1/64 and 1/256. Fidelity is what stage 1 uses the label
   omega drawn like ProDA's rectification weights, ``softmax(-T (d - min d))`` (T = 1), from random, spatially
   smooth prototype distances d of two spreads (sigma 2 and 5 nats; the printed median range of T*d over the
   classes, 7 and 18 nats, compares with ~6 nats measured on the demo's warm-up model: sigma 5 is a stress
-  case) and, for the real maps, with the omega the demo's warm-up model and prototypes actually give
-  (the stage-1 EMA at its start); how often rectification overrides argmax P0 is printed as "flips".
+  case) and, for the real maps, with the omega a real run gives at the start of stage 1 (the warm-up model's
+  features and the initial prototypes) and at its end (the stage-1 EMA's features and the moved
+  prototypes): stage 1 rectifies with every omega in between, and the end one is the furthest from what
+  the labels were written with. How often rectification overrides argmax P0 is printed as "flips".
 
 Maps: (a) synthetic stride-8 softmax maps at the paper size, logits = class prior + smooth random fields
 (low-pass noise upsampled) + finer texture, scaled so that the confidence histogram looks like a trained
 segmenter's (75 % of pixels above 0.9: "trained") or a warm-up model's (55 %: "warm-up");
-(b) if the folder exists, the real soft labels proda wrote for the synthetic benchmark's warm-up model
-(``/tmp/cal2/runs/warmup/pseudo_soft``; 192x96 images, so [19, 13, 25] maps). Those files already hold
-default-format values, so their re-encoding at the default setting is exact by construction; their
-file sizes are what proda really wrote, but maps that small are dominated by fixed overheads.
+(b) the real soft labels of a finished demo run (``proda demo``; its ``runs`` folder, by default
+``demo_out/runs``, another with the environment variable ``PRODA_DEMO_RUN`` or ``run.py --demo-run``;
+skipped when there is none): 192x96 images, so [19, 13, 25] maps. Those files already hold default-format
+values, so their re-encoding at the default setting is exact by construction; their file sizes are what
+proda really wrote, but maps that small are dominated by fixed overheads.
 
 Hard labels (stages 2/3): the original saves a uint8 label PNG and a float16 confidence ``.npy``
 [1024, 2048] per image (plus a colour PNG, not counted); proda stores ``encode_hard`` bytes (label +
@@ -30,6 +33,7 @@ pixels whose 0.95-thresholded label differs from the one thresholding the exact 
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +49,12 @@ import torch.nn.functional as F  # noqa: E402
 CLASSES = 19
 MAP = (257, 129)  # (w, h)
 FULL = (2048, 1024)
-REAL_SOFT = Path("/tmp/cal2/runs/warmup/pseudo_soft")
+DEMO_RUN_DEFAULT = Path("demo_out/runs")
+
+
+def demo_run() -> Path:
+    """The pipeline folder of a finished demo whose warm-up soft labels and stage 1 are measured."""
+    return Path(os.environ.get("PRODA_DEMO_RUN", DEMO_RUN_DEFAULT))
 SETTINGS = [  # (name, encode_soft kwargs)
     ("all classes, step 1/128 (default)", {}),
     ("all classes, step 1/64", {"step_inv": 64}),
@@ -106,29 +115,39 @@ def random_weights(rng: np.random.Generator, shape: tuple[int, int, int], spread
     return _softmax(-(d - d.min(axis=0, keepdims=True))).astype(np.float32)
 
 
-def real_weights(names: list[str]) -> list[np.ndarray] | None:
-    """omega of the demo's warm-up model (the stage-1 EMA at its start) and its prototypes, T = 1, on the
-    target images the real soft labels were written for; None if the run or the data is missing."""
+def real_weights(run: Path, names: list[str]) -> dict[str, list[np.ndarray]]:
+    """omega (T = 1) on the target images the real soft labels were written for, at the start of stage 1
+    (the warm-up model = the EMA's start, and the initial prototypes) and at its end (the stage-1 EMA and
+    the moved prototypes); either is left out when its files are missing."""
     from proda.adapt.losses import prototype_distances, rectification_weights
     from proda.adapt.prototypes import PrototypeBank
+    from proda.config import load_config
     from proda.data.datasets import build_dataset
     from proda.data.transforms import image_to_tensor
+    from proda.engine.checkpoint import load_checkpoint
     from proda.models.build import normalize
     from proda.models.checkpoints import load_trained_model
 
-    run_dir, data = REAL_SOFT.parent, REAL_SOFT.parents[2] / "data" / "cityscapes"
-    if not ((run_dir / "latest.pth").is_file() and (run_dir / "prototypes.pth").is_file() and data.is_dir()):
-        return None
-    model, meta = load_trained_model(run_dir / "latest.pth")
-    bank = PrototypeBank.load(run_dir / "prototypes.pth")
-    ds = build_dataset("cityscapes", data, split="train", with_labels=False)
+    warm = run / "warmup"
+    if not ((warm / "latest.pth").is_file() and (warm / "prototypes.pth").is_file()):
+        return {}
+    cfg = load_config(warm / "config.yaml")
+    ds = build_dataset("cityscapes", cfg.data.target_root, split=cfg.data.target_split, with_labels=False)
     index = {ds[i]["name"]: i for i in range(len(ds))}
-    out = []
+    start, meta = load_trained_model(warm / "latest.pth")
+    teachers = {"real_start": (start, PrototypeBank.load(warm / "prototypes.pth").prototypes)}
+    if (run / "stage1" / "latest.pth").is_file():
+        state = load_checkpoint(run / "stage1" / "latest.pth")
+        ema, _ = load_trained_model(warm / "latest.pth")
+        ema.load_state_dict(state["modules"]["ema"])
+        teachers["real_end"] = (ema.eval(), state["stage_state"]["prototypes"]["prototypes"])
+    out = {key: [] for key in teachers}
     with torch.no_grad():
         for name in names:
-            image = image_to_tensor(ds[index[name]]["image"])[None]
-            feat = model(normalize(image, meta["input"]["mean"], meta["input"]["std"]))["feat"]
-            out.append(rectification_weights(prototype_distances(feat, bank.prototypes), 1.0)[0].numpy())
+            image = normalize(image_to_tensor(ds[index[name]]["image"])[None], meta["input"]["mean"], meta["input"]["std"])
+            for key, (model, prototypes) in teachers.items():
+                omega = rectification_weights(prototype_distances(model(image)["feat"], prototypes), 1.0)
+                out[key].append(omega[0].numpy())
     return out
 
 
@@ -235,19 +254,20 @@ def hard_rows(maps: list[np.ndarray], threshold: float = 0.95) -> dict:
     }
 
 
-def real_maps(limit: int) -> tuple[list[np.ndarray], dict] | None:
-    if not (REAL_SOFT / "meta.json").is_file():
+def real_maps(run: Path, limit: int) -> tuple[list[np.ndarray], dict] | None:
+    folder = run / "warmup" / "pseudo_soft"
+    if not (folder / "meta.json").is_file():
         return None
     from proda.data.pseudo_labels import PseudoLabelStore
 
-    store = PseudoLabelStore.open(REAL_SOFT, kind="soft")
-    files = sorted(REAL_SOFT.glob("*.soft"))
+    store = PseudoLabelStore.open(folder, kind="soft")
+    files = sorted(folder.glob("*.soft"))
     sizes = [f.stat().st_size for f in files]
     c, (w, h) = store.num_classes, store.map_size
     names = [f.stem for f in files[:limit]]
     maps = [store.read_soft(n) for n in names]
     info = {
-        "folder": str(REAL_SOFT), "files": len(files), "map_shape": [c, h, w],
+        "folder": str(folder), "files": len(files), "map_shape": [c, h, w],
         "stored_bytes_per_image": float(np.mean(sizes)),
         "float32_npy_bytes_per_image": float(_npy_size(np.zeros((c, h, w), np.float32))),
         "stored_encoding": store.meta.get("encoding", {}), "names": names,
@@ -268,28 +288,31 @@ def run(quick: bool = False) -> dict:
         weights = {f"spread_{s:g}": [random_weights(rng, p.shape, s) for p in maps] for s in SPREADS}
         result["soft"][f"synthetic_{regime}"] = {"confidence": confidence_stats(maps), "maps": n,
                                                  **soft_rows(maps, weights)}
-    real = real_maps(12 if quick else 60)
+    run_dir = demo_run()
+    real = real_maps(run_dir, 40 if quick else 200)
     if real is not None:
         maps, info = real
         weights = {f"spread_{s:g}": [random_weights(rng, p.shape, s) for p in maps] for s in SPREADS}
-        measured = real_weights(info.pop("names"))
-        if measured is not None:
-            weights["real"] = measured
+        weights.update(real_weights(run_dir, info.pop("names")))
         result["soft"]["real_demo_warmup"] = {"confidence": confidence_stats(maps), "maps": len(maps), **info,
                                               **soft_rows(maps, weights)}
     else:
-        result["soft"]["real_demo_warmup"] = {"missing": str(REAL_SOFT)}
+        result["soft"]["real_demo_warmup"] = {"missing": f"{run_dir}/warmup/pseudo_soft (run `proda demo` first)"}
     result["hard"] = {"maps": len(all_maps), **hard_rows(all_maps)}
     _print(result)
     return result
 
 
+_REAL = {"real_start": ("measured omega, start of stage 1", "w stage-1 start"),
+         "real_end": ("measured omega, end of stage 1", "w stage-1 end")}
+
+
 def _kind(key: str) -> str:
-    return "measured omega" if key == "real" else "random omega, sigma " + key.split("_")[1]
+    return _REAL[key][0] if key in _REAL else "random omega, sigma " + key.split("_")[1]
 
 
 def _short(key: str) -> str:
-    return "measured w" if key == "real" else "random w, s=" + key.split("_")[1]
+    return _REAL[key][1] if key in _REAL else "random w, s=" + key.split("_")[1]
 
 
 def _pct(x: float) -> str:
