@@ -100,6 +100,18 @@ def write_pseudo_labels(data: Path, runs: Path, world: int) -> None:
         pseudo_label_command(checkpoint, cfg, soft=soft, out=str(out), progress=False)
 
 
+def class_thresholds(data: Path, runs: Path, world: int, collective: bool):
+    """distill.class_keep's per-class thresholds over the hard labels of ``world`` processes; collective:
+    each process reads every 2nd image and the confidence histograms are all-reduced."""
+    from proda.adapt.base import target_reader
+    from proda.data.pseudo_labels import PseudoLabelStore
+    from proda.engine.pseudo_label import selection_thresholds
+
+    store = PseudoLabelStore.open(run_dir(runs, world, "pseudo_hard"), kind="hard")
+    names = [s.name for s in target_reader(make_cfg("source_only", data, data / "unused"), with_labels=False).samples]
+    return selection_thresholds(store, names, 0.95, 0.3, collective=collective, progress=False)
+
+
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -141,6 +153,7 @@ def _worker(rank: int, port: int, data: str, runs: str, out: str) -> None:
     for name, (config, extra) in jobs(Path(data), Path(runs), WORLD).items():
         _, _, results[name] = run_job(make_cfg(config, Path(data), Path(runs), *extra))
     write_pseudo_labels(Path(data), Path(runs), WORLD)
+    results["class_thresholds"] = class_thresholds(Path(data), Path(runs), WORLD, collective=True)
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -458,3 +471,14 @@ def test_pseudo_labels_of_two_processes_are_those_of_one(two_processes, data):
         assert names == sorted(p.name for p in two.iterdir() if not p.name.startswith(".") and p.name != "meta.json")
         for name in names:
             assert (two / name).read_bytes() == (one / name).read_bytes(), name
+
+
+def test_class_balanced_thresholds_of_two_processes_are_those_of_one(two_processes, data):
+    """Each process counts the confidences of its share of the images; the all-reduced histogram gives
+    every process the thresholds one process computes over all images."""
+    import numpy as np
+
+    one = class_thresholds(data, data / "runs", WORLD, collective=False)
+    assert np.ndim(one) == 1 and len(one) == 19 and (one < 0.95).any()  # some class kept by its share
+    for rank in range(WORLD):
+        np.testing.assert_array_equal(two_processes[rank]["class_thresholds"], one)
