@@ -138,7 +138,7 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, class_keep: fl
     if not reader.has_labels:
         return {}
     store = PseudoLabelStore.open(folder, kind="hard", num_classes=cfg.data.num_classes)
-    keep_below = selection_thresholds(store, [s.name for s in reader.samples], threshold, class_keep,
+    keep_above = selection_thresholds(store, [s.name for s in reader.samples], threshold, class_keep,
                                       progress=progress)
     every, kept = ConfusionMatrix(cfg.data.num_classes), ConfusionMatrix(cfg.data.num_classes)
     kept_pixels = labelled = 0
@@ -149,7 +149,7 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, class_keep: fl
         if label.shape != sample["label"].shape:
             label = cv2.resize(label, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
             conf = cv2.resize(conf, truth.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
-        thresholded = torch.from_numpy(threshold_labels(label, conf, keep_below)).long()
+        thresholded = torch.from_numpy(threshold_labels(label, conf, keep_above)).long()
         every.update(torch.from_numpy(label).long(), truth)
         keep = thresholded != IGNORE_INDEX
         kept.update(thresholded.masked_fill(~keep, 0), truth.masked_fill(~keep, IGNORE_INDEX))
