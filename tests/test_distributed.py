@@ -103,7 +103,7 @@ def write_pseudo_labels(data: Path, runs: Path, world: int) -> None:
 def class_thresholds(data: Path, runs: Path, world: int, collective: bool):
     """distill.class_keep's per-class thresholds over the hard labels of ``world`` processes; collective:
     each process reads every 2nd image and the confidence histograms are all-reduced."""
-    from proda.adapt.base import target_reader
+    from proda.data.readers import target_reader
     from proda.data.pseudo_labels import PseudoLabelStore
     from proda.engine.pseudo_label import selection_thresholds
 
@@ -189,7 +189,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Tiny source/target data, and stage 1's inputs (soft labels, prototypes) from a fresh model."""
-    from proda.adapt.base import target_reader
+    from proda.data.readers import target_reader
     from proda.data.pseudo_labels import PseudoLabelStore
     from proda.engine.prototypes import compute_prototypes
     from proda.engine.pseudo_label import generate_pseudo_labels, output_size

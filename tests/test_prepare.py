@@ -206,7 +206,7 @@ def test_cli_out_folder_and_config_keys(tmp_path, capsys):
     assert (out / "class_stats_all.npz").is_file() and (out / "labels" / "00001.png").is_file()
     assert not (data / "gta5" / P.CACHE_DIRNAME).exists()
 
-    from proda.adapt.base import source_reader, target_reader
+    from proda.data.readers import source_reader, target_reader
 
     def cfg(*extra):
         return load_config(CONFIGS / "source_only.yaml", [f"data.source_root={data / 'gta5'}",

@@ -5,17 +5,13 @@ devices placement, processes or checkpoints beyond returning its state.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data.datasets import build_dataset
 from ..data.transforms import WeakCropper, image_to_tensor, label_to_tensor
 from ..engine.data import AugmentedDataset
-from ..errors import DataError
 
 
 class Stage:
@@ -120,31 +116,3 @@ class _WeakView:
         if label_crop is not None:
             out["label"] = label_to_tensor(label_crop)
         return out
-
-
-def source_reader(cfg):
-    d = cfg.data
-    with _naming_the_key("data.source_root", d.source_root):
-        return build_dataset(d.source, d.source_root, num_classes=d.num_classes, size=d.source_size,
-                             list_file=d.source_list, label_cache=d.source_label_cache)
-
-
-def target_reader(cfg, split: str | None = None, with_labels: bool = True, size="train"):
-    d = cfg.data
-    chosen = d.target_size if size == "train" else d.val_size if size == "val" else size
-    with _naming_the_key("data.target_root", d.target_root):
-        return build_dataset(
-            "cityscapes", d.target_root, split=split or d.target_split, num_classes=d.num_classes,
-            size=chosen, with_labels=with_labels, label_cache=d.target_label_cache,
-        )
-
-
-@contextmanager
-def _naming_the_key(key: str, root: str):
-    """A missing dataset root says which config key points there."""
-    try:
-        yield
-    except DataError as exc:
-        if not Path(root).is_dir():
-            raise DataError(f"{exc} (set {key}=DIR)") from None
-        raise

@@ -26,7 +26,8 @@ from ..data.transforms import WeakCropper, WeakGeometry, full_to_weak, image_to_
 from ..engine.data import AugmentedDataset
 from ..engine.metrics import ConfusionMatrix
 from ..models.build import normalize, upsample
-from .base import Stage, source_reader, target_reader, weak_view_fn
+from ..data.readers import source_reader, target_reader
+from .base import Stage, weak_view_fn
 from .ema import ema_update, init_ema
 from .losses import (
     mean_log_prob_regularizer, prototype_consistency_kl, prototype_distances, rectification_weights,

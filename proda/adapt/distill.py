@@ -22,7 +22,8 @@ from ..engine.data import AugmentedDataset
 from ..engine.pseudo_label import selection_thresholds
 from ..models.build import normalize, upsample
 from ..models.checkpoints import load_model_for_config
-from .base import Stage, source_reader, target_reader, weak_view_fn
+from ..data.readers import source_reader, target_reader
+from .base import Stage, weak_view_fn
 from .denoise import grid_size
 from .losses import distillation_kl
 from .supervised import segmentation_loss

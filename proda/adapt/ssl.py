@@ -24,7 +24,8 @@ from ..data.transforms import image_to_tensor
 from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize
-from .base import Stage, target_reader
+from ..data.readers import target_reader
+from .base import Stage
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

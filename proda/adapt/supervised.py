@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ..data.labels import IGNORE_INDEX
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
-from .base import Stage, source_reader, target_reader, weak_view_fn
+from ..data.readers import source_reader, target_reader
+from .base import Stage, weak_view_fn
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from torch.func import functional_call
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from ..models.discriminator import FCDiscriminator
-from .base import Stage, source_reader, target_reader, weak_view_fn
+from ..data.readers import source_reader, target_reader
+from .base import Stage, weak_view_fn
 from .supervised import segmentation_loss
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0

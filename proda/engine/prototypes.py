@@ -60,7 +60,7 @@ def compute_prototypes(
 
 def prototypes_command(checkpoint: str, cfg, out: str | None, progress: bool = True) -> str:
     """`proda prototypes`: compute from a checkpoint over the config's target training split and save."""
-    from ..adapt.base import target_reader
+    from ..data.readers import target_reader
     from ..models.checkpoints import load_model_for_config
     from .trainer import resolve_device
 

@@ -80,7 +80,7 @@ def format_bytes(n: float) -> str:
 
 
 def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = None, progress: bool = True) -> Path:
-    from ..adapt.base import target_reader
+    from ..data.readers import target_reader
     from ..models.checkpoints import load_model_for_config
     from .trainer import resolve_device
 
@@ -129,7 +129,7 @@ def hard_label_quality(cfg, folder: str | Path, threshold: float, class_keep: fl
     training keeps (``threshold``, and the class-balanced share ``class_keep``); ``kept_fraction``: share of
     labelled pixels kept. Empty when there is no ground truth.
     """
-    from ..adapt.base import target_reader
+    from ..data.readers import target_reader
     from ..data.labels import IGNORE_INDEX
     from ..data.pseudo_labels import threshold_labels
     from .metrics import ConfusionMatrix

@@ -342,7 +342,7 @@ class Trainer:
 
     def _val_reader(self):
         if self.val_reader is None:
-            from ..adapt.base import target_reader
+            from ..data.readers import target_reader
 
             self.val_reader = target_reader(self.cfg, split=self.cfg.data.val_split, with_labels=True, size=None)
         return self.val_reader
