@@ -257,11 +257,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .io import write_json
 
     if args.predictions:
-        from .engine.evaluate import run_predictions_command
+        from .engine.score_predictions import score_predictions_command
 
         if args.dataset != "cityscapes":
             raise ProdaError("--predictions scores against Cityscapes ground truth: use --dataset cityscapes")
-        return run_predictions_command(args.predictions, args.root, args.split, args.num_classes or 19, args.json,
+        return score_predictions_command(args.predictions, args.root, args.split, args.num_classes or 19, args.json,
                                        pred_format=args.pred_format)
 
     from .data.datasets import build_dataset

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proda.engine.evaluate import run_predictions_command, score_prediction_folder
+from proda.engine.score_predictions import score_predictions_command, score_prediction_folder
 from proda.errors import DataError
 from proda.io import write_png
 
@@ -251,11 +251,11 @@ def test_missing_folders_are_errors(scene, tmp_path: Path) -> None:
         score_prediction_folder(tmp_path / "pred", root, split="test", progress=False)
 
 
-def test_run_predictions_command_prints_and_writes_json(scene, tmp_path: Path, capsys) -> None:
+def test_score_predictions_command_prints_and_writes_json(scene, tmp_path: Path, capsys) -> None:
     root, _, preds = scene
     write_predictions(tmp_path / "pred", preds)
     out = tmp_path / "out" / "scores.json"
-    assert run_predictions_command(tmp_path / "pred", root, "val", 19, out) == 0
+    assert score_predictions_command(tmp_path / "pred", root, "val", 19, out) == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "bicycle" in printed
     saved = json.loads(out.read_text())

@@ -13,7 +13,7 @@ from proda.config import load_config
 from proda.data import labels
 from proda.data.transforms import image_to_tensor
 from proda.engine.checkpoint import save_checkpoint
-from proda.engine.evaluate import score_prediction_folder
+from proda.engine.score_predictions import score_prediction_folder
 from proda.engine.inference import (evaluate_model, infer_probabilities, predict_logits, resolve_sizes,
                                     window_starts)
 from proda.engine.predict import output_name, predict_command, predict_paths

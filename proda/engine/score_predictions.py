@@ -1,4 +1,4 @@
-"""Evaluation on Cityscapes: scoring a folder of prediction PNGs exactly like the official cityscapesScripts.
+"""Scoring a folder of predicted PNGs against Cityscapes labels, exactly like the official cityscapesScripts.
 
 The scorer reproduces ``cityscapesscripts/evaluation/evalPixelLevelSemanticLabeling.py`` (DATASETS.md
 section 4) rather than ProDA's ``runningScore``, so a folder scored here gives the number the benchmark
@@ -317,7 +317,7 @@ def score_prediction_folder(
     return score_folder(pred_dir, cityscapes_root, split, num_classes, progress, pred_format).to_dict()
 
 
-def run_predictions_command(
+def score_predictions_command(
     pred_dir: str | os.PathLike,
     root: str | os.PathLike,
     split: str,
