@@ -51,8 +51,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from ..io import write_json, write_palette_png, write_png, write_bytes
-from .labels import CITYSCAPES_LABELS
+from ...io import write_json, write_palette_png, write_png, write_bytes
+from ..labels import CITYSCAPES_LABELS
 
 GENERATOR_VERSION = 1
 DEFAULT_SIZE = (192, 96)
