@@ -49,7 +49,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("optim.lr=fast", r"optim\.lr: expected a number"),
         ("run.tensorboard=maybe", r"run\.tensorboard: expected true or false"),
         ("model.depth=77", r"model\.depth: 77 is not one of 18, 34, 50, 101"),
-        ("data.num_classes=20", r"data\.num_classes: 20 is not one of 19, 16, 13"),
+        ("data.num_classes=20", r"num_classes must be one of 19, 16, 13 for this dataset, got 20"),
         ("data.crop_size=[1,2,3]", r"data\.crop_size: expected \[int, int\]"),
         ("optim.lr_horizon=10", r"optim\.lr_horizon: must be >= optim\.iterations"),
         ("data.scale_range=[1.5,0.5]", r"data\.scale_range: must be 0 < low <= high"),

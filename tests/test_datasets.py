@@ -24,7 +24,8 @@ from fixtures import (
 )
 from proda.data import labels as L
 from proda.data.check import CheckReport, check_dataset, run_check_command
-from proda.data.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset, build_dataset
+from proda.data.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset
+from proda.data.registry import build_dataset
 from proda.errors import ConfigError, DataError
 
 
@@ -41,7 +42,7 @@ def _assert_sample(item: dict, raw: np.ndarray, lut: np.ndarray, name: str) -> N
 @pytest.mark.parametrize("num_classes", [19, 16, 13])
 def test_gta5_reads_mapped_labels(gta5_data, num_classes: int) -> None:
     root, raws = gta5_data
-    ds = GTA5Dataset(root, num_classes=num_classes)
+    ds = GTA5Dataset(root, num_classes)
     assert len(ds) == 3 and ds.num_classes == num_classes
     assert ds.class_names == L.class_names(num_classes)
     np.testing.assert_array_equal(ds.palette, L.palette(num_classes))
@@ -80,7 +81,7 @@ def test_gta5_accepts_void_index_34(tmp_path: Path) -> None:
 @pytest.mark.parametrize("num_classes", [16, 19, 13])
 def test_synthia_reads_mapped_labels(synthia_data, num_classes: int) -> None:
     root, raws = synthia_data
-    ds = SynthiaDataset(root, num_classes=num_classes)
+    ds = SynthiaDataset(root, num_classes)
     assert len(ds) == 3 and ds.class_names == L.class_names(num_classes)
     for i, name in enumerate(sorted(raws)):
         assert ds.label_path(i) == root / "GT" / "LABELS" / f"{name}.png"
@@ -138,7 +139,7 @@ def test_build_dataset_defaults_and_errors(gta5_data, synthia_data) -> None:
         build_dataset("mapillary", gta5_data[0])
     with pytest.raises(ConfigError, match="split"):
         build_dataset("gta5", gta5_data[0], split="val")
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigError, match="num_classes must be one of 19, 16, 13 for this dataset, got 7"):
         build_dataset("gta5", gta5_data[0], num_classes=7)
 
 
@@ -212,12 +213,26 @@ def test_rgb_converted_gta5_label(gta5_data) -> None:
         ds[1]
 
 
-def test_grey_converted_gta5_label(gta5_data) -> None:
+def test_grey_gta5_label_of_ids_is_read_as_its_palette_twin(gta5_data) -> None:
+    root, _ = gta5_data
+    path = root / "labels" / "00001.png"
+    palette_label = GTA5Dataset(root)[0]["label"]
+    with Image.open(path) as image:
+        Image.fromarray(np.asarray(image)).save(path)  # the same ids, as an 8-bit grey (mode L) PNG
+    with Image.open(path) as image:
+        assert image.mode == "L"
+    np.testing.assert_array_equal(GTA5Dataset(root)[0]["label"], palette_label)
+
+
+def test_grey_converted_gta5_label_is_refused_with_its_luminances(gta5_data) -> None:
     root, _ = gta5_data
     path = root / "labels" / "00001.png"
     with Image.open(path) as image:
-        image.convert("L").save(path)
-    with pytest.raises(DataError, match=re.escape(str(path)) + r".*mode L"):
+        grey = image.convert("L")  # palette colours -> luminances: the ids are lost
+    grey.save(path)
+    bad = sorted(int(v) for v in np.unique(np.asarray(grey)) if v > 34)
+    assert bad  # the fixture's colours have luminances beyond the id range
+    with pytest.raises(DataError, match=re.escape(f"{path}: unknown label values {bad}") + r".*converted"):
         GTA5Dataset(root)[0]
 
 

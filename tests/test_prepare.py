@@ -12,7 +12,8 @@ from proda.cli import main
 from proda.config import load_config
 from proda.data import labels as L
 from proda.data import prepare as P
-from proda.data.datasets import SegmentationDataset, build_dataset
+from proda.data.datasets import SegmentationDataset
+from proda.data.registry import build_dataset
 from proda.errors import DataError
 
 CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
@@ -60,7 +61,7 @@ def test_cached_labels_equal_decoded_originals(tmp_path, monkeypatch, kind, spli
         np.testing.assert_array_equal(item["image"], images[i])
     # the cache files mirror the label paths and hold the 19 trainIds
     rel = original.label_path(0).relative_to(root)
-    on_disk = P.read_cached_label(root / P.CACHE_DIRNAME / rel, 19)
+    on_disk = P.read_cached_label(root / P.CACHE_DIRNAME / rel)
     np.testing.assert_array_equal(L.compact_to_train_id(num_classes)[expected[0]],
                                   np.where(np.isin(on_disk, L.TO19[num_classes]), on_disk, 255))
 
@@ -147,7 +148,7 @@ def test_verify_rewrites_a_cached_file_that_disagrees_with_its_record(tmp_path):
     P.prepare_dataset("gta5", root, progress=False)
     cached = root / P.CACHE_DIRNAME / "labels" / "00001.png"
     good = P.read_cached_label(cached)
-    record = P._read_record(cached)
+    record = P._read_record(cached, 19)
     bad = np.zeros_like(good)  # all road, but still carrying the record of the true label
     cached.write_bytes(P._encode_cached(bad, record))
     assert P.prepare_dataset("gta5", root, progress=False).skipped == 2  # the record alone looks fine

@@ -21,7 +21,9 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..io import read_rgb, write_json
 from . import labels as L
-from .datasets import DEFAULT_NUM_CLASSES, SegmentationDataset, build_dataset, check_same_size
+from .datasets import SegmentationDataset, check_same_size
+from .labels import LabelSpace
+from .registry import build_dataset, label_space
 
 # Problems printed by the CLI before "... and N more"; the JSON file always holds all of them.
 _PRINT_AT_MOST = 50
@@ -31,14 +33,15 @@ _PRINT_AT_MOST = 50
 class CheckReport:
     """Outcome of :func:`check_dataset`.
 
-    ``class_pixels`` maps every compact id 0..C-1 (and ``"ignore"``) to its pixel count over the checked
-    samples without problems (what training would read); ``num_samples`` counts the paired samples found,
-    ``num_checked`` those decoded.
+    ``class_pixels`` maps every compact id 0..C-1 of ``classes`` (and ``"ignore"``) to its pixel count over
+    the checked samples without problems (what training would read); ``num_samples`` counts the paired
+    samples found, ``num_checked`` those decoded. ``classes`` is None when the dataset's classes could not
+    be read (a broken ``dataset.yaml``: then ``problems`` says why).
     """
 
     dataset: str
     root: str
-    num_classes: int
+    classes: LabelSpace | None
     num_samples: int = 0
     num_checked: int = 0
     class_pixels: dict[int | str, int] = field(default_factory=dict)
@@ -48,6 +51,10 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes if self.classes is not None else 0
+
     def to_json(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
@@ -56,7 +63,7 @@ class CheckReport:
         }
 
     def format_table(self) -> str:
-        names = L.class_names(self.num_classes)
+        names = self.classes.names if self.classes is not None else ()
         total = sum(self.class_pixels.values())
         checked = "" if self.num_checked == self.num_samples else f", {self.num_checked} checked"
         lines = [
@@ -112,15 +119,16 @@ def check_dataset(
 ) -> CheckReport:
     """Check a dataset layout and its files; never raises :class:`DataError`, it reports it.
 
-    ``workers`` threads decode in parallel (PNG decoding releases the GIL); default: up to 8 CPU cores.
+    ``num_classes`` picks one of the dataset's protocols (None: its usual one). ``workers`` threads decode
+    in parallel (PNG decoding releases the GIL); default: up to 8 CPU cores.
     """
     key = name.lower()
-    num_classes = DEFAULT_NUM_CLASSES.get(key, 19) if num_classes is None else num_classes
-    report = CheckReport(dataset=name, root=str(root), num_classes=L.check_num_classes(num_classes))
+    report = CheckReport(dataset=name, root=str(root), classes=None)
     try:
-        # the originals, never the trainId cache of `proda data prepare`
-        dataset = build_dataset(key, root, split=split, num_classes=num_classes, strict=False, label_cache=None)
-    except DataError as exc:  # nothing to read: missing root or folder, no samples
+        report.classes = classes = label_space(key, root, num_classes)
+        # the originals, never the label cache of `proda data prepare`
+        dataset = build_dataset(key, root, split=split, classes=classes, strict=False, label_cache=None)
+    except DataError as exc:  # nothing to read: missing root, folder or descriptor, no samples
         report.problems.append(str(exc))
         return report
     report.problems.extend(dataset.layout_problems)
@@ -137,7 +145,7 @@ def check_dataset(
             if sample_hist is not None:
                 hist += sample_hist
     report.num_checked = len(indices)
-    report.class_pixels = {c: int(hist[c]) for c in range(num_classes)}
+    report.class_pixels = {c: int(hist[c]) for c in range(classes.num_classes)}
     report.class_pixels["ignore"] = int(hist[L.IGNORE_INDEX])
     return report
 

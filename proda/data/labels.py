@@ -10,6 +10,10 @@ built here, so the conventions are pinned once:
   (wall, fence and pole dropped as well).
 
 Compact ids are 0..C-1 in every protocol; everything else maps to :data:`IGNORE_INDEX` (255).
+
+A run, a model and a report do not need to know where their classes come from: they take a
+:class:`LabelSpace` (names, palette, ignore index), which every dataset of :mod:`proda.data.registry`
+describes itself with. ``class_names(n)`` / ``palette(n)`` remain for the 19/16/13 Cityscapes protocols.
 """
 from __future__ import annotations
 
@@ -17,8 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
+
 IGNORE_INDEX = 255
 SUPPORTED_NUM_CLASSES = (19, 16, 13)
+# Compact ids must stay below 254 (the readers' marker of an invalid raw value) and 255 (ignore).
+MAX_CLASSES = 254
 
 
 @dataclass(frozen=True)
@@ -158,3 +166,71 @@ def colorize(label: np.ndarray, num_classes: int = 19) -> np.ndarray:
 
 # The 13-class figure of a 16-class model: the mean over these compact-16 indices.
 INDICES_13_IN_16: tuple[int, ...] = tuple(TO19[16].index(t) for t in TO19[13])
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes a label map, a model or a report speaks of: names in compact-id order, one RGB colour
+    each, and the ignore value (never a class). Two spaces describe the same classes when their names match,
+    whatever the datasets they come from; :meth:`lut_to` maps one onto another by name.
+    """
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "palette", tuple(tuple(int(v) for v in c) for c in self.palette))
+        if not 2 <= len(self.names) <= MAX_CLASSES:
+            raise ConfigError(f"a class list needs 2 to {MAX_CLASSES} classes, got {len(self.names)}")
+        doubles = sorted({n for n in self.names if self.names.count(n) > 1})
+        if doubles:
+            raise ConfigError(f"class names must be unique; repeated: {', '.join(doubles)}")
+        if len(self.palette) != len(self.names):
+            raise ConfigError(f"{len(self.palette)} palette colours for {len(self.names)} classes")
+        if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.palette):
+            raise ConfigError("palette colours must be [R, G, B] with values 0..255")
+
+    @classmethod
+    def cityscapes(cls, num_classes: int = 19) -> "LabelSpace":
+        """The 19-class Cityscapes protocol, or its 16/13-class subsets."""
+        return cls(class_names(num_classes), tuple(map(tuple, palette(num_classes).tolist())))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette_array(self) -> np.ndarray:
+        """[C, 3] uint8 colours in compact-id order."""
+        return np.array(self.palette, dtype=np.uint8).reshape(-1, 3)
+
+    def colorize(self, label: np.ndarray) -> np.ndarray:
+        """HxW compact ids -> HxWx3 uint8 colours; ignored pixels are black."""
+        table = np.zeros((256, 3), dtype=np.uint8)
+        table[: self.num_classes] = self.palette_array()
+        return table[np.asarray(label, dtype=np.uint8)]
+
+    def subset(self, names: tuple[str, ...] | list[str]) -> "LabelSpace":
+        """The classes ``names`` (each must be one of ours), in the order given."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ConfigError(f"classes {missing} are not in {list(self.names)}")
+        return LabelSpace(tuple(names), tuple(self.palette[self.names.index(n)] for n in names), self.ignore_index)
+
+    def missing_from(self, other: "LabelSpace") -> list[str]:
+        """Our class names that ``other`` lacks (what a reader of ``other`` could never label)."""
+        return [n for n in self.names if n not in other.names]
+
+    def lut_to(self, other: "LabelSpace") -> np.ndarray:
+        """uint8[256]: our compact id -> the id of the same name in ``other`` (absent there, or ignore -> 255)."""
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for i, name in enumerate(self.names):
+            if name in other.names:
+                lut[i] = other.names.index(name)
+        return lut
+
+    def to_meta(self) -> dict:
+        """What a checkpoint's meta stores of the classes (``proda predict`` reads it back)."""
+        return {"num_classes": self.num_classes, "class_names": list(self.names),
+                "palette": [list(c) for c in self.palette]}

@@ -1,22 +1,23 @@
-"""``proda data prepare``: trainId label caches and per-image class statistics of a dataset.
+"""``proda data prepare``: label caches and per-image class statistics of a dataset.
 
 Decoding an original label costs more than it should: GTA5 palette PNGs, SYNTHIA's 16-bit three-channel
 files and Cityscapes label ids all go through a reader and a lookup table on every read. ``prepare`` decodes
 each label once, exactly as the readers of :mod:`proda.data.datasets` do (unknown raw values are errors), and
 writes:
 
-* **a trainId cache**: one 8-bit grey PNG per label holding the 19 Cityscapes trainIds (0..18, 255 ignore),
-  at ``CACHE/<the label's path relative to the dataset root>`` (``proda_cache/labels/00001.png`` for
-  ``labels/00001.png``). The 16- and 13-class protocols are subsets of the 19 trainIds, so one cache serves
-  every protocol: readers map 19 -> 16/13 with a lookup table when they read it. Each PNG carries its own
-  record (its per-class pixel counts, a PNG text chunk), so an image is done when its file exists;
-* **class statistics**: ``CACHE/class_stats_<split>.npz`` (split ``all`` for GTA5 and SYNTHIA): sample
-  names, pixel count of each trainId and of ignore per image, written last, from the records, so rerunning
+* **a label cache**: one 8-bit grey PNG per label holding the ids of the dataset's own classes (the 19
+  Cityscapes trainIds for GTA5, SYNTHIA and Cityscapes; a folder dataset's classes; 255 ignore), at
+  ``CACHE/<the label's path relative to the dataset root>`` (``proda_cache/labels/00001.png`` for
+  ``labels/00001.png``). Readers map those ids onto their run's classes by name (19 -> 16/13 for SYNTHIA's
+  protocols), so one cache serves every protocol (:mod:`proda.data.label_cache` reads it). Each PNG carries
+  its own record (its per-class pixel counts, a PNG text chunk), so an image is done when its file exists;
+* **class statistics**: ``CACHE/class_stats_<split>.npz`` (split ``all`` for datasets used whole): sample
+  names, pixel count of each class and of ignore per image, written last, from the records, so rerunning
   ``prepare`` after an interruption rebuilds it without decoding anything again.
   :func:`class_aware_weights` turns it into per-image sampling weights for class-aware sampling.
 
 ``CACHE`` is ``ROOT/proda_cache`` unless ``--out`` says otherwise. Readers built by
-:func:`~proda.data.datasets.build_dataset` use ``ROOT/proda_cache`` automatically when it exists (config keys
+:func:`~proda.data.registry.build_dataset` use ``ROOT/proda_cache`` automatically when it exists (config keys
 ``data.source_label_cache`` / ``data.target_label_cache``: ``auto``, a folder, or null for off). A cached
 label is used only when it is at least as new as its original (the ``make`` rule): an edited or re-downloaded
 label is read from the original again, never shadowed by a stale cache; a missing one (an interrupted
@@ -43,110 +44,19 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..io import atomic_write, write_bytes, write_json
 from . import labels as L
+from .label_cache import (  # noqa: F401  (CACHE_DIRNAME, read_cached_label: part of this module's API)
+    CACHE_DIRNAME, FORMAT, MANIFEST, LabelCache, cached_value_lut, default_cache_dir, read_cached_label,
+)
+from .labels import LabelSpace
+from .registry import build_dataset, dataset_class, label_space
 
-CACHE_DIRNAME = "proda_cache"
-MANIFEST = "manifest.json"
-FORMAT = "proda-label-cache-1"
 _RECORD_KEY = "proda"  # PNG text chunk of each cached label
-_NUM_TRAIN_IDS = 19
-_INVALID = 254  # marks values that are neither a trainId nor ignore (as datasets._INVALID)
 _PRINT_AT_MOST = 50
 
 
-def _from_train_ids(num_classes: int) -> np.ndarray:
-    """uint8[256]: 19-class trainId -> compact id of ``num_classes`` (dropped classes -> 255); values that are
-    neither 0..18 nor 255 -> _INVALID."""
-    lut = np.full(256, _INVALID, dtype=np.uint8)
-    lut[:_NUM_TRAIN_IDS] = L.IGNORE_INDEX
-    lut[L.IGNORE_INDEX] = L.IGNORE_INDEX
-    for compact, train_id in enumerate(L.TO19[L.check_num_classes(num_classes)]):
-        lut[train_id] = compact
-    return lut
-
-
-_FROM_TRAIN_IDS = {n: _from_train_ids(n) for n in L.SUPPORTED_NUM_CLASSES}
-
-
-def default_cache_dir(root: str | os.PathLike) -> Path:
-    return Path(root) / CACHE_DIRNAME
-
-
 def stats_path(cache_dir: str | os.PathLike, split: str | None) -> Path:
-    """``CACHE/class_stats_<split>.npz``; GTA5 and SYNTHIA (no splits) use ``all``."""
+    """``CACHE/class_stats_<split>.npz``; datasets used whole use ``all``."""
     return Path(cache_dir) / f"class_stats_{split or 'all'}.npz"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading the cache (used by the dataset readers)
-
-
-class LabelCache:
-    """A trainId cache folder of one dataset root; :meth:`read` returns a label or None (use the original)."""
-
-    def __init__(self, folder: str | os.PathLike, dataset_root: str | os.PathLike, dataset: str) -> None:
-        self.folder, self.dataset_root, self.dataset = Path(folder), Path(dataset_root), dataset
-
-    @classmethod
-    def open(cls, folder: str | os.PathLike | None, dataset_root: str | os.PathLike, dataset: str,
-             required: bool) -> "LabelCache | None":
-        """The cache in ``folder`` (default ``ROOT/proda_cache``) if it holds one for ``dataset``.
-
-        ``required`` (a folder named explicitly): a missing or foreign cache is a DataError; otherwise
-        (``auto``) it just means no cache.
-        """
-        folder = Path(folder) if folder is not None else default_cache_dir(dataset_root)
-        manifest = folder / MANIFEST
-        try:
-            meta = json.loads(manifest.read_text())
-        except FileNotFoundError:
-            if required:
-                raise DataError(f"{folder}: no label cache here (no {MANIFEST}); run `proda data prepare`") from None
-            return None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{manifest}: unreadable label-cache manifest ({exc}); delete it and rerun "
-                            "`proda data prepare`") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise DataError(f"{manifest}: not a {FORMAT} manifest; delete {folder} and rerun `proda data prepare`")
-        if meta.get("dataset") != dataset:
-            raise DataError(f"{folder}: a label cache of {meta.get('dataset')!r}, not {dataset!r}")
-        return cls(folder, dataset_root, dataset)
-
-    def path_for(self, label_path: Path) -> Path:
-        try:
-            rel = Path(label_path).relative_to(self.dataset_root)
-        except ValueError:  # a label outside the root (never with the official layouts): no cache for it
-            rel = Path("_outside_root") / Path(label_path).name
-        return self.folder / rel
-
-    def is_fresh(self, label_path: Path) -> bool:
-        """The cached file exists and is not older than the original (the original must exist too)."""
-        try:
-            cached, original = os.stat(self.path_for(label_path)), os.stat(label_path)
-        except FileNotFoundError:
-            return False
-        return cached.st_mtime_ns >= original.st_mtime_ns
-
-    def read(self, label_path: Path, num_classes: int) -> np.ndarray | None:
-        """HxW uint8 compact ids of ``num_classes`` from the cache, or None when there is no fresh entry."""
-        if not self.is_fresh(label_path):
-            return None
-        return read_cached_label(self.path_for(label_path), num_classes)
-
-    def __repr__(self) -> str:
-        return f"LabelCache({str(self.folder)!r})"
-
-
-def read_cached_label(path: Path, num_classes: int = 19) -> np.ndarray:
-    """Decode one cached trainId PNG into compact ids of ``num_classes``; DataError (naming it) if corrupt."""
-    data = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None or array.dtype != np.uint8 or array.ndim != 2:
-        raise DataError(f"{path}: corrupt label-cache file; run `proda data prepare --verify` (or delete it)")
-    label = cv2.LUT(array, _FROM_TRAIN_IDS[num_classes])  # 4x faster than numpy indexing
-    if (label == _INVALID).any():
-        raise DataError(f"{path}: label-cache file holds values that are not trainIds; "
-                        "run `proda data prepare --verify` (or delete it)")
-    return label
 
 
 def _encode_cached(train_ids: np.ndarray, record: dict[str, Any]) -> bytes:
@@ -159,7 +69,7 @@ def _encode_cached(train_ids: np.ndarray, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
+def _read_record(path: Path, num_native: int) -> dict[str, Any] | None:
     """The record of a cached PNG (its header only, no pixels), or None if it has none or cannot be read."""
     try:
         with Image.open(path) as image:
@@ -171,16 +81,16 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         return None
     counts, ignore = record.get("counts"), record.get("ignore")
-    if not (isinstance(counts, list) and len(counts) == _NUM_TRAIN_IDS and isinstance(ignore, int)):
+    if not (isinstance(counts, list) and len(counts) == num_native and isinstance(ignore, int)):
         return None
     if sum(counts) + ignore != size[0] * size[1]:
         return None
     return record
 
 
-def _record(train_ids: np.ndarray) -> dict[str, Any]:
-    hist = np.bincount(train_ids.ravel(), minlength=256)
-    return {"format": FORMAT, "counts": [int(v) for v in hist[:_NUM_TRAIN_IDS]], "ignore": int(hist[L.IGNORE_INDEX])}
+def _record(ids: np.ndarray, num_native: int) -> dict[str, Any]:
+    hist = np.bincount(ids.ravel(), minlength=256)
+    return {"format": FORMAT, "counts": [int(v) for v in hist[:num_native]], "ignore": int(hist[L.IGNORE_INDEX])}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -189,7 +99,8 @@ def _record(train_ids: np.ndarray) -> dict[str, Any]:
 
 @dataclass
 class ClassStats:
-    """Per-image pixel counts of the 19 trainIds (``counts`` [N,19]) and of ignore (``ignore`` [N]).
+    """Per-image pixel counts of the dataset's own classes (``counts`` [N, K], K = len(``classes``), the 19
+    Cityscapes trainIds for GTA5, SYNTHIA and Cityscapes) and of ignore (``ignore`` [N]).
 
     ``names`` are the readers' sample names (``00001``, ``aachen_000000_000019_leftImg8bit``), in reader order.
     """
@@ -199,17 +110,23 @@ class ClassStats:
     names: list[str]
     counts: np.ndarray
     ignore: np.ndarray
+    classes: tuple[str, ...] = L.CLASSES_19
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def counts_for(self, num_classes: int) -> np.ndarray:
-        """int64 [N, num_classes]: pixels of each compact class of a protocol (16 and 13 drop trainIds)."""
-        return self.counts[:, list(L.TO19[L.check_num_classes(num_classes)])]
+    def counts_for(self, classes: LabelSpace | int) -> np.ndarray:
+        """int64 [N, C]: pixels of each class of ``classes`` (a LabelSpace, or a Cityscapes protocol's class
+        count 19/16/13), matched by name; a protocol with fewer classes leaves the others out."""
+        names = (classes if isinstance(classes, LabelSpace) else LabelSpace.cityscapes(classes)).names
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise DataError(f"class statistics of {self.dataset} have no class {', '.join(unknown)}")
+        return self.counts[:, [self.classes.index(n) for n in names]]
 
-    def ignore_for(self, num_classes: int) -> np.ndarray:
-        """int64 [N]: ignored pixels in a protocol (ignore plus the trainIds the protocol drops)."""
-        return self.ignore + self.counts.sum(1) - self.counts_for(num_classes).sum(1)
+    def ignore_for(self, classes: LabelSpace | int) -> np.ndarray:
+        """int64 [N]: ignored pixels under ``classes`` (ignore plus the classes it leaves out)."""
+        return self.ignore + self.counts.sum(1) - self.counts_for(classes).sum(1)
 
     def select(self, names: Sequence[str]) -> "ClassStats":
         """The statistics of ``names`` in that order (e.g. a reader's samples: ``[s.name for s in reader.samples]``)."""
@@ -219,13 +136,13 @@ class ClassStats:
             raise DataError(f"no class statistics for {len(missing)} sample(s), e.g. {missing[0]!r}; "
                             "rerun `proda data prepare`")
         rows = [index[n] for n in names]
-        return ClassStats(self.dataset, self.split, list(names), self.counts[rows], self.ignore[rows])
+        return ClassStats(self.dataset, self.split, list(names), self.counts[rows], self.ignore[rows], self.classes)
 
     def save(self, path: str | os.PathLike) -> Path:
         with atomic_write(path, "wb") as f:
             np.savez(f, format=np.array(FORMAT), dataset=np.array(self.dataset), split=np.array(self.split),
                      names=np.array(self.names, dtype=str), counts=self.counts.astype(np.int64),
-                     ignore=self.ignore.astype(np.int64))
+                     ignore=self.ignore.astype(np.int64), classes=np.array(self.classes, dtype=str))
         return Path(path)
 
     @classmethod
@@ -235,31 +152,37 @@ class ClassStats:
                 if str(z["format"]) != FORMAT:
                     raise DataError(f"{path}: not a {FORMAT} statistics file")
                 names = [str(n) for n in z["names"]]
+                classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else L.CLASSES_19
                 stats = cls(str(z["dataset"]), str(z["split"]), names, z["counts"].astype(np.int64),
-                            z["ignore"].astype(np.int64))
+                            z["ignore"].astype(np.int64), classes)
         except FileNotFoundError:
             raise DataError(f"{path}: no class statistics; run `proda data prepare`") from None
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: unreadable class statistics ({exc}); rerun `proda data prepare`") from None
-        if stats.counts.shape != (len(names), _NUM_TRAIN_IDS) or stats.ignore.shape != (len(names),):
+        if stats.counts.shape != (len(names), len(stats.classes)) or stats.ignore.shape != (len(names),):
             raise DataError(f"{path}: inconsistent class statistics; rerun `proda data prepare`")
         return stats
 
 
 def load_class_stats(dataset: str, root: str | os.PathLike, split: str | None = None,
                      cache_dir: str | os.PathLike | None = None) -> ClassStats:
-    """The statistics ``proda data prepare`` wrote for a dataset (split ``train`` by default for Cityscapes)."""
-    key = dataset.lower()
-    split = (split or "train") if key == "cityscapes" else None
-    return ClassStats.load(stats_path(cache_dir or default_cache_dir(root), split))
+    """The statistics ``proda data prepare`` wrote for a split of a dataset (default: its first split)."""
+    return ClassStats.load(stats_path(cache_dir or default_cache_dir(root), _split_tag(dataset, root, split)))
 
 
-def class_presence(stats: ClassStats, num_classes: int = 19, min_pixels: int = 1) -> np.ndarray:
+def _split_tag(dataset: str, root: str | os.PathLike, split: str | None) -> str:
+    """The split a cache's statistics are filed under: the split asked for (default the first), or ``all``
+    for a dataset used whole."""
+    splits = dataset_class(dataset).splits(root)
+    return "all" if splits == ("all",) else (split or splits[0])
+
+
+def class_presence(stats: ClassStats, num_classes: LabelSpace | int = 19, min_pixels: int = 1) -> np.ndarray:
     """bool [N, C]: class c is present in image i when it has at least ``min_pixels`` pixels there."""
     return stats.counts_for(num_classes) >= max(int(min_pixels), 1)
 
 
-def class_aware_weights(stats: ClassStats, num_classes: int = 19, min_pixels: int = 1,
+def class_aware_weights(stats: ClassStats, num_classes: LabelSpace | int = 19, min_pixels: int = 1,
                         temperature: float | None = None) -> np.ndarray:
     """float64 [N] per-image sampling probabilities (summing to 1) for class-aware sampling.
 
@@ -311,12 +234,13 @@ class PrepareReport:
         return not self.problems
 
 
-def _write_manifest(cache_dir: Path, dataset: str, root: Path) -> None:
+def _write_manifest(cache_dir: Path, dataset: str, root: Path, native: LabelSpace) -> None:
     manifest = cache_dir / MANIFEST
     meta = {
         "format": FORMAT,
         "dataset": dataset,
-        "values": "Cityscapes trainIds 0..18, 255 = ignore (16/13-class protocols are mapped on reading)",
+        "values": "ids of the classes below, 255 = ignore (readers map them onto their run's classes by name)",
+        "classes": list(native.names),
         "layout": "each label at the path of its original relative to the dataset root",
         "dataset_root": str(root.resolve()),
     }
@@ -338,19 +262,20 @@ def _prepare_one(reader, cache: LabelCache, i: int, verify: bool) -> tuple[dict[
     record exists (and, with ``verify``, decodes to exactly that record)."""
     sample = reader.samples[i]
     dst = cache.path_for(sample.label)
+    k = reader.native.num_classes
     if cache.is_fresh(sample.label):
-        record = _read_record(dst)
+        record = _read_record(dst, k)
         if record is not None and not verify:
             return record, False, []
         if record is not None:
             try:
-                decoded = _record(read_cached_label(dst, 19))  # 19 classes: compact ids are the trainIds
+                decoded = _record(read_cached_label(dst, cached_value_lut(k)), k)
             except DataError:
                 decoded = None
             if decoded == record:
                 return record, False, []
     try:
-        train_ids = reader.read_label(i)  # 19 classes: compact ids are the trainIds
+        train_ids = reader.read_native_label(i)
         with Image.open(sample.image) as image:  # header only: the size, cheaply
             width, height = image.size
     except DataError as exc:
@@ -360,7 +285,7 @@ def _prepare_one(reader, cache: LabelCache, i: int, verify: bool) -> tuple[dict[
     if train_ids.shape != (height, width):
         return None, False, [f"size mismatch: image {sample.image} is {width}x{height}, "
                              f"label {sample.label} is {train_ids.shape[1]}x{train_ids.shape[0]}"]
-    record = _record(train_ids)
+    record = _record(train_ids, k)
     write_bytes(dst, _encode_cached(train_ids, record))
     return record, True, []
 
@@ -400,21 +325,16 @@ def prepare_dataset(
     Bad files (unreadable, unknown label values, image/label size mismatch, unpaired) are reported, naming
     the file, and left out of the cache and the statistics; the rest is still written.
     """
-    from .datasets import DATASET_NAMES, build_dataset
-
     key = dataset.lower()
-    if key not in DATASET_NAMES:
-        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_NAMES)}")
-    split = (split or "train") if key == "cityscapes" else split
-    reader = build_dataset(key, root, split=split, num_classes=19, strict=False, label_cache=None)
+    split_tag = _split_tag(key, root, split)
+    reader = build_dataset(key, root, split=split_tag, strict=False, label_cache=None)
     if not reader.has_labels:
         raise DataError(f"{root}: this {key} split has no labels to prepare")
     cache_dir = Path(out) if out is not None else default_cache_dir(root)
-    split_tag = split if key == "cityscapes" else "all"
     report = PrepareReport(key, str(root), str(cache_dir), split_tag, num_samples=len(reader),
                            problems=list(reader.layout_problems))
-    _write_manifest(cache_dir, key, Path(root))
-    cache = LabelCache(cache_dir, reader.root, key)
+    _write_manifest(cache_dir, key, Path(root), reader.native)
+    cache = LabelCache(cache_dir, reader.root, key, reader.native.num_classes)
 
     records: list[dict[str, Any] | None] = [None] * len(reader)
     results = _in_order(lambda i: _prepare_one(reader, cache, i, verify), len(reader),
@@ -432,9 +352,9 @@ def prepare_dataset(
         results.close()  # on Ctrl-C: cancel the queued images now, not when the generator is collected
 
     done = [(s.name, r) for s, r in zip(reader.samples, records) if r is not None]
-    counts = np.array([r["counts"] for _, r in done], dtype=np.int64).reshape(-1, _NUM_TRAIN_IDS)
+    counts = np.array([r["counts"] for _, r in done], dtype=np.int64).reshape(-1, reader.native.num_classes)
     ignore = np.array([r["ignore"] for _, r in done], dtype=np.int64)
-    report.stats = ClassStats(key, split_tag, [n for n, _ in done], counts, ignore)
+    report.stats = ClassStats(key, split_tag, [n for n, _ in done], counts, ignore, reader.native.names)
     report.stats_file = str(report.stats.save(stats_path(cache_dir, split_tag)))  # last: every record is on disk
     return report
 
@@ -452,10 +372,10 @@ def run_prepare_command(
     from .check import CheckReport
 
     report = prepare_dataset(dataset, root, split=split, out=out, verify=verify, progress=progress)
-    n = num_classes or (16 if report.dataset == "synthia" else 19)
+    n = label_space(dataset, root, num_classes)
     stats = report.stats
     assert stats is not None
-    table = CheckReport(dataset=report.dataset, root=report.root, num_classes=n, num_samples=report.num_samples,
+    table = CheckReport(dataset=report.dataset, root=report.root, classes=n, num_samples=report.num_samples,
                         num_checked=len(stats), problems=report.problems)
     table.class_pixels = {c: int(v) for c, v in enumerate(stats.counts_for(n).sum(0))}
     table.class_pixels["ignore"] = int(stats.ignore_for(n).sum())
