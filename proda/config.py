@@ -25,16 +25,27 @@ Size = tuple[int, int]  # (width, height), as image tools write it
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["gta5", "synthia"] = "gta5"
+    """Where the data is and how it is read. ``source`` and ``target`` name datasets of the table in
+    :mod:`proda.data.registry` (``proda data check --help`` lists them); any labelled dataset can be the
+    source, any dataset the target, when the target has every class of the source by name.
+
+    ``num_classes`` is the run's class count, taken from the table: null (the default) means the source's
+    usual protocol (GTA5 and Cityscapes 19, SYNTHIA 16, a folder dataset its ``dataset.yaml``'s classes) and is
+    filled in when the config is loaded; a number picks another protocol the source offers (13 for SYNTHIA's
+    13-class figure; 16 to read GTA5 or Cityscapes in SYNTHIA's classes) and anything else is refused.
+    """
+
+    source: str = "gta5"
     source_root: str = ""
     source_list: Optional[str] = None  # GTA5 only: a list file of image names; default: every file in images/
     source_size: Optional[Size] = None  # resize on load (W, H); None keeps the native size
-    target_root: str = ""  # a Cityscapes root
-    target_split: str = "train"
+    target: str = "cityscapes"
+    target_root: str = ""
+    target_split: str = "train"  # its training split needs no labels
     target_size: Optional[Size] = None
     val_split: str = "val"
     val_size: Optional[Size] = None  # evaluation input size; labels stay at full resolution
-    num_classes: Literal[19, 16, 13] = 19
+    num_classes: Optional[int] = None
     crop_size: Size = (896, 512)
     # Random rescaling of the weak view: the image is resized to width = U(scale_range) * resize_width
     # (aspect kept), as ProDA's RandomSized(2200); resize_width None means the image's own width.
@@ -237,7 +248,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def build_config(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, raw, "")
     validate(cfg)
-    return cfg
+    return _with_class_count(cfg)
+
+
+def _with_class_count(cfg: Config) -> Config:
+    """``cfg`` with ``data.num_classes`` taken from the dataset table, after checking that the source and
+    target datasets exist and share the run's classes by name (a mismatch shows both class lists).
+
+    Folder datasets are read for their ``dataset.yaml`` here, so a wrong descriptor stops the run before
+    any work, naming the file.
+    """
+    from .data.registry import dataset_names, run_classes
+
+    d = cfg.data
+    for key in ("source", "target"):
+        name = getattr(d, key)
+        if name.lower() not in dataset_names():
+            raise ConfigError(f"data.{key}: unknown dataset {name!r}; expected one of {', '.join(dataset_names())}")
+    classes = run_classes(d.source, d.source_root, d.target, d.target_root, d.num_classes)
+    if d.num_classes == classes.num_classes:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, num_classes=classes.num_classes))
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -424,6 +455,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {msg}")
 
     d, m, o, r = cfg.data, cfg.model, cfg.optim, cfg.run
+    need(d.num_classes is None or 2 <= d.num_classes <= 254, "data.num_classes",
+         f"must be 2..254 (or null: the source dataset's own classes), got {d.num_classes}")
     need(d.batch_size >= 1, "data.batch_size", f"must be at least 1, got {d.batch_size}")
     need(d.val_batch_size >= 1, "data.val_batch_size", f"must be at least 1, got {d.val_batch_size}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
