@@ -122,7 +122,7 @@ def real_weights(run: Path, names: list[str]) -> dict[str, list[np.ndarray]]:
     from proda.adapt.losses import prototype_distances, rectification_weights
     from proda.adapt.prototypes import PrototypeBank
     from proda.config import load_config
-    from proda.data.datasets import build_dataset
+    from proda.data.registry import build_dataset
     from proda.data.transforms import image_to_tensor
     from proda.engine.checkpoint import load_checkpoint
     from proda.models.build import normalize

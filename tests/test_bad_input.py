@@ -248,7 +248,7 @@ def test_preflight_says_how_many_files_it_sampled(data, tmp_path, capsys):
 def test_sampled_preflight_can_miss_a_file_that_data_check_finds(data, tmp_path, capsys):
     """The pre-flight check is a sample (evenly spaced); `proda data check` reads everything."""
     from proda.data.check import preflight
-    from proda.data.datasets import build_dataset
+    from proda.data.registry import build_dataset
 
     truncate(data / "gta5" / "images" / "00002.png")
     preflight(build_dataset("gta5", data / "gta5"), 2, "source training data")  # samples 00001 and 00004 only

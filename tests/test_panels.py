@@ -74,7 +74,7 @@ def test_supervised_run_writes_panels(data, tmp_path):
     panel = read_png(panel_path(run, 4))
     bar = panel.shape[0] - 2 * SIZE[1] - 4
     bar //= 2
-    from proda.data.datasets import build_dataset
+    from proda.data.registry import build_dataset
 
     truth = build_dataset("cityscapes", data / "cityscapes", split="val")[0]["label"]
     tile = panel[bar:bar + SIZE[1], SIZE[0] + 2:2 * SIZE[0] + 2]
@@ -114,7 +114,7 @@ def test_stage1_run_writes_pseudo_label_panels(data, tmp_path):
     assert panel.shape == expected_shape(rows=4, tiles=5)
     assert tensorboard_images(run) == {"panels/target_train": [2, 4]}
     # the raw pseudo label tile of the first row is argmax P0 of the first target training image
-    from proda.data.datasets import build_dataset
+    from proda.data.registry import build_dataset
 
     first = build_dataset("cityscapes", data / "cityscapes", split="train")[0]["name"]
     soft = PseudoLabelStore.open(wu / "pseudo_soft", kind="soft").read_soft(first)

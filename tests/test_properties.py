@@ -27,7 +27,7 @@ from proda.adapt.losses import (
 )
 from proda.adapt.supervised import segmentation_loss
 from proda.data import labels as L
-from proda.data.datasets import build_dataset
+from proda.data.registry import build_dataset
 from proda.data.pseudo_labels import decode_hard, encode_hard, hard_labels_for_crop, threshold_labels
 from proda.data.strong import GEOMETRIC_OPS, strong_view, warp_to_strong
 from proda.data.transforms import WeakCropper, WeakGeometry, sample_weak_geometry

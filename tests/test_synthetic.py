@@ -89,7 +89,7 @@ def test_label_formats(tmp_path: Path) -> None:
 
 
 def test_real_readers_open_the_benchmark(tmp_path: Path) -> None:
-    from proda.data.datasets import build_dataset
+    from proda.data.registry import build_dataset
 
     _write(tmp_path)
     gta = build_dataset("gta5", tmp_path / "gta5")
