@@ -1,7 +1,7 @@
 """Prediction-folder scorer: official cityscapesScripts semantics, file matching, format detection, errors.
 
 The expected scores come from ``official_reference`` below: a deliberately naive per-pixel loop over the
-rules of ``evalPixelLevelSemanticLabeling.py`` (DATASETS.md section 4), independent of the production code.
+rules of ``evalPixelLevelSemanticLabeling.py`` (docs/datasets.md section 4), independent of the production code.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from proda.engine.score_predictions import score_predictions_command, score_pred
 from proda.errors import DataError
 from proda.io import write_png
 
-# Cityscapes label ids of the evaluated classes, in trainId order (DATASETS.md sections 2-3).
+# Cityscapes label ids of the evaluated classes, in trainId order (docs/datasets.md sections 2-3).
 IDS_19 = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 IDS_16 = [7, 8, 11, 12, 13, 17, 19, 20, 21, 23, 24, 25, 26, 28, 32, 33]
 IDS_13 = [7, 8, 11, 19, 20, 21, 23, 24, 25, 26, 28, 32, 33]

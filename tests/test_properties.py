@@ -336,7 +336,7 @@ def test_hard_labels_ignore_exactly_the_confidences_at_or_below_the_threshold(co
 @FAST
 @given(num=st.lists(st.integers(1, 64), min_size=2, max_size=5), k=st.integers(0, 4), which=st.integers(-1, 1))
 def test_rectified_labels_keep_the_confidence_at_the_threshold(num, k, which):
-    """Stage 1 (METHOD.md 2.1 step 6): pixels with max r < train_thred are ignored, so r exactly at the
+    """Stage 1 (docs/method.md 2.1.6): pixels with max r < train_thred are ignored, so r exactly at the
     threshold is kept. Dyadic probabilities make r exact in float32."""
     total = sum(num)
     assume(total <= 256)

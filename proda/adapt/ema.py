@@ -1,4 +1,4 @@
-"""The EMA teacher of stage 1 (METHOD.md §2.1.12): parameters averaged, buffers copied.
+"""The EMA teacher of stage 1 (docs/method.md 2.1.12): parameters averaged, buffers copied.
 
 The original updates, after every optimizer step, ``θ_ema ← 0.999·θ_ema + 0.001·θ`` for every parameter and
 **copies** every buffer (BN running statistics, ``num_batches_tracked``) from the student, so the teacher's

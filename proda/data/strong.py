@@ -3,7 +3,7 @@
 The strong image is made from the weak crop. Maps aligned to the weak crop (distances to the prototypes,
 pseudo labels) must follow it exactly into the strong view, at any resolution (the crop itself, or the crop/4
 grid of ProDA's target losses). The original re-applied the geometric ops to those maps in a fixed dict order,
-kept only the last value of an op drawn twice and scaled TranslateX by W/H (METHOD.md §9 item 6). Here the
+kept only the last value of an op drawn twice and scaled TranslateX by W/H (docs/method.md 9.6). Here the
 flip and every applied geometric op are composed, in the order they were drawn, into ONE 2x3 matrix that maps
 strong-image pixel coordinates to weak-crop pixel coordinates; the image is warped once with it
 (:func:`cv2.warpAffine`) and maps are sampled with it (:func:`warp_to_strong`), so the two agree by

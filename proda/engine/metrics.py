@@ -1,6 +1,6 @@
 """Confusion-matrix metrics of semantic segmentation (mIoU as ProDA and cityscapesScripts report it).
 
-Conventions, pinned once (DATASETS.md section 4):
+Conventions, pinned once (docs/datasets.md section 4):
 
 * rows are ground truth, columns are predictions; pixels whose ground truth lies outside ``[0, C)`` (the
   255 ignore label) are dropped before counting, exactly like ProDA's ``runningScore``;

@@ -1,6 +1,6 @@
 """Scoring a folder of predicted PNGs against Cityscapes labels, exactly like the official cityscapesScripts.
 
-The scorer reproduces ``cityscapesscripts/evaluation/evalPixelLevelSemanticLabeling.py`` (DATASETS.md
+The scorer reproduces ``cityscapesscripts/evaluation/evalPixelLevelSemanticLabeling.py`` (docs/datasets.md
 section 4) rather than ProDA's ``runningScore``, so a folder scored here gives the number the benchmark
 script would print, for any prediction, including ones that hold ignored ids:
 
