@@ -1,6 +1,6 @@
 """Soft-label crop preparation at the paper setting: proda's crop-window resampling vs the original's.
 
-Setting (METHOD.md 1.2, 2.1 item 2, 4.3, 9 item 8): Cityscapes image 2048x1024, 19 classes, stored soft map
+Setting (docs/method.md 1.2, 2.1.2, 4.3, 9.8): Cityscapes image 2048x1024, 19 classes, stored soft map
 at the network's stride-8 output of the full image, [19, 129, 257] (ceil-mode geometry: what both the
 original and proda's DeepLabV2 produce for 1024x2048), weak view RandomSized(2200) with width factor
 U(0.5, 1.5) (scale 0.54-1.61 of the native 2048), 896x512 crop, horizontal flip p=0.5, and P0 wanted on the

@@ -77,7 +77,7 @@ class ModelConfig:
     init: Optional[str] = None  # a checkpoint to start from (see proda.models.checkpoints for formats)
     # proda_backbone: only the backbone of a proda checkpoint (e.g. `proda pretrain-ssl`), with a fresh head
     init_format: Literal["auto", "proda", "proda_backbone", "original", "torchvision", "simclr"] = "auto"
-    # Input normalisation. ProDA feeds [0,1] RGB without ImageNet mean/std (METHOD.md 4.2).
+    # Input normalisation. ProDA feeds [0,1] RGB without ImageNet mean/std (docs/method.md 4.2).
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
@@ -102,7 +102,7 @@ class SupervisedConfig:
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    """Output-space adversarial warm-up (AdaptSegNet-style, METHOD.md 1.1)."""
+    """Output-space adversarial warm-up (AdaptSegNet-style, docs/method.md 1.1)."""
 
     adv_weight: float = 0.01
     gan: Literal["ls", "vanilla"] = "ls"  # least-squares GAN (the original's --gan LS) or BCE-with-logits
@@ -114,7 +114,7 @@ class WarmupConfig:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """Online prototypical denoising + structure learning (METHOD.md 2.1); defaults are the original's."""
+    """Online prototypical denoising + structure learning (docs/method.md 2.1); defaults are the original's."""
 
     soft_labels: str = ""  # folder written by `proda pseudo-label --soft` (the warm-up model's softmax)
     prototypes: str = ""  # file written by `proda prototypes`
@@ -138,7 +138,7 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Self-distillation (stages 2 and 3, METHOD.md 2.2): CE on thresholded hard pseudo labels carried
+    """Self-distillation (stages 2 and 3, docs/method.md 2.2): CE on thresholded hard pseudo labels carried
     into the strong view, plus KL to a frozen teacher on the same strong image."""
 
     pseudo_labels: str = ""  # folder written by `proda pseudo-label` (hard)

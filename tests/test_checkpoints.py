@@ -1,7 +1,7 @@
 """Checkpoint layouts: the original ProDA release files, torchvision and SimCLRv2 backbones, proda's own;
 strict loading with errors that name the keys; conversion to a proda checkpoint with identical outputs.
 
-Key names and shapes are written out here from the layouts' own descriptions (METHOD.md section 7, the
+Key names and shapes are written out here from the layouts' own descriptions (docs/method.md section 7, the
 torchvision ResNet, the SimCLRv2-Pytorch converter's modules), not taken from proda's model, and checked
 against the full-size network once on the meta device (no memory, no forward). Values are then loaded at
 a small width (8, head 32), where files are cheap.

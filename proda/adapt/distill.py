@@ -1,4 +1,4 @@
-"""Stages 2 and 3: self-distillation into a student (METHOD.md 2.2).
+"""Stages 2 and 3: self-distillation into a student (docs/method.md 2.2).
 
 The student (stage 2: a self-supervised backbone with the extra BN and a fresh head; stage 3: the stage-2
 model) learns on the target strong view from the previous stage's hard pseudo labels, thresholded at load

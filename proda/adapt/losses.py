@@ -1,6 +1,6 @@
 """The losses of ProDA as small pure functions, exactly as the original code computes them.
 
-Reference: ``/work/shared/proda/METHOD.md`` sections 2.1 and 2.2 (``CustomModel.step`` and
+Reference: ``docs/method.md`` sections 2.1 and 2.2 (``CustomModel.step`` and
 ``step_distillation`` of microsoft/ProDA). Every function here:
 
 * computes in float32 with autocast switched off for its body, whatever the caller's precision: the

@@ -1,4 +1,4 @@
-"""Class prototypes: per-image class-mean features and the bank that averages them (METHOD.md §1.3, §2.1.11).
+"""Class prototypes: per-image class-mean features and the bank that averages them (docs/method.md 1.3, 2.1.11).
 
 The original keeps ``objective_vectors [C,256]`` and ``objective_vectors_num [C]`` and updates them one
 (image, class) mean at a time. :class:`PrototypeBank` does the same arithmetic, vectorised over classes and

@@ -1,4 +1,4 @@
-"""Warm-up: source cross-entropy plus output-space adversarial alignment (METHOD.md 1.1).
+"""Warm-up: source cross-entropy plus output-space adversarial alignment (docs/method.md 1.1).
 
 A fully-convolutional discriminator sees softmax maps (upsampled to the crop) and tells source (label 0)
 from target (label 1); the segmentation network is pushed to make target maps look like source ones.

@@ -3,7 +3,7 @@
 A converted file has the layout training writes (``format``, ``model``, ``meta``, ``iteration``, ``config``),
 so every command that takes a trained model (evaluate, prototypes, pseudo-label, ``model.init``) takes it.
 
-Input normalisation: the original ProDA feeds [0,1] RGB with no ImageNet mean/std (METHOD.md 4.2) for every
+Input normalisation: the original ProDA feeds [0,1] RGB with no ImageNet mean/std (docs/method.md 4.2) for every
 stage and backbone, ImageNet-initialised ones included. A converted checkpoint therefore carries mean (0,0,0) /
 std (1,1,1) by default, so a converted ProDA model predicts exactly as the original does; a torchvision backbone
 gets the same convention, as ProDA trained it. Pass ``mean``/``std`` (e.g. ImageNet's) to override.
