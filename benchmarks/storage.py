@@ -6,14 +6,14 @@ supports is measured: all classes (default) or the top-k classes per pixel, at t
 step of 1/128 nat and at 1/64 and 1/256. Fidelity is what stage 1 uses the labels for:
 
 * argmax changed: pixels whose argmax P0 differs after encode/decode;
-* rectified changed: pixels whose rectified label ``argmax(omega * P0)`` differs after encode/decode, with
-  omega drawn like ProDA's rectification weights, ``softmax(-T (d - min d))`` (T = 1), from random, spatially
-  smooth prototype distances d of two spreads (sigma 2 and 5 nats; the printed median range of T*d over the
-  classes, 7 and 18 nats, compares with ~6 nats measured on the demo's warm-up model: sigma 5 is a stress
-  case) and, for the real maps, with the omega a real run gives at the start of stage 1 (the warm-up model's
-  features and the initial prototypes) and at its end (the stage-1 EMA's features and the moved
-  prototypes): stage 1 rectifies with every omega in between, and the end one is the furthest from what
-  the labels were written with. How often rectification overrides argmax P0 is printed as "flips".
+* rectified changed: pixels whose rectified label ``argmax(omega * P0)`` (``rectify_pseudo_labels``) differs
+  after encode/decode, with omega drawn like ProDA's rectification weights, ``softmax(-T (d - min d))``,
+  T = 1, from random, spatially smooth prototype distances d of two spreads (sigma 2 and 5 nats; the printed
+  median range of T*d over the classes, 7 and 18 nats, compares with ~6 nats measured on the demo's warm-up
+  model: sigma 5 is a stress case) and, for the real maps, with the omega a real run gives at the start of
+  stage 1 (the warm-up model's features and the initial prototypes) and at its end (the stage-1 EMA's features
+  and the moved prototypes): stage 1 rectifies with every omega in between, and the end one is the furthest
+  from what the labels were written with. How often rectification overrides argmax P0 is printed as "flips".
 
 Maps: (a) synthetic stride-8 softmax maps at the paper size, logits = class prior + smooth random fields
 (low-pass noise upsampled) + finer texture, scaled so that the confidence histogram looks like a trained
@@ -22,7 +22,9 @@ segmenter's (75 % of pixels above 0.9: "trained") or a warm-up model's (55 %: "w
 ``demo_out/runs``, another with the environment variable ``PRODA_DEMO_RUN`` or ``run.py --demo-run``;
 skipped when there is none): 192x96 images, so [19, 13, 25] maps. Those files already hold default-format
 values, so their re-encoding at the default setting is exact by construction; their file sizes are what
-proda really wrote, but maps that small are dominated by fixed overheads.
+proda really wrote, but maps that small are dominated by fixed overheads;
+(c) the confidence regimes of ``soft_label_formats.py`` (maps and weights shared with the tests), default
+and top-3 formats only.
 
 Hard labels (stages 2/3): the original saves a uint8 label PNG and a float16 confidence ``.npy``
 [1024, 2048] per image (plus a colour PNG, not counted); proda stores ``encode_hard`` bytes (label +
@@ -45,6 +47,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import soft_label_formats  # noqa: E402
+from soft_label_formats import rectified_labels  # noqa: E402
 
 CLASSES = 19
 MAP = (257, 129)  # (w, h)
@@ -124,9 +128,9 @@ def real_weights(run: Path, names: list[str]) -> dict[str, list[np.ndarray]]:
     from proda.config import load_config
     from proda.data.registry import build_dataset
     from proda.data.transforms import image_to_tensor
-    from proda.engine.checkpoint import load_checkpoint
+    from proda.checkpoint_io import load_checkpoint
     from proda.models.build import normalize
-    from proda.models.checkpoints import load_trained_model
+    from proda.models.weights import load_trained_model
 
     warm = run / "warmup"
     if not ((warm / "latest.pth").is_file() and (warm / "prototypes.pth").is_file()):
@@ -191,8 +195,8 @@ def soft_rows(maps: list[np.ndarray], weights: dict[str, list[np.ndarray]]) -> d
             sizes.append(len(data))
             argmax_changed.append(float((dec.argmax(0) != p.argmax(0)).mean()))
             for s, oms in weights.items():
-                om = oms[i]
-                rect[s].append(float(((om * dec).argmax(0) != (om * p).argmax(0)).mean()))
+                omega = oms[i][None]
+                rect[s].append(float((rectified_labels(dec, omega) != rectified_labels(p, omega)).mean()))
         formats[name] = {
             "encode_soft_kwargs": kw,
             "bytes_per_image": float(np.mean(sizes)),
@@ -206,7 +210,7 @@ def soft_rows(maps: list[np.ndarray], weights: dict[str, list[np.ndarray]]) -> d
     return {
         "float32_npy_bytes_per_image": float_bytes,
         "weights": {
-            s: {"rectification_flips_argmax_p0": float(np.mean([((om * p).argmax(0) != p.argmax(0)).mean()
+            s: {"rectification_flips_argmax_p0": float(np.mean([(rectified_labels(p, om[None])[0] != p.argmax(0)).mean()
                                                                  for om, p in zip(oms, maps)])),
                 "median_range_of_T_d_nats": log_weight_range(oms)}
             for s, oms in weights.items()
@@ -300,6 +304,7 @@ def run(quick: bool = False) -> dict:
         result["soft"]["real_demo_warmup"] = {"missing": f"{run_dir}/warmup/pseudo_soft (run `proda demo` first)"}
     result["hard"] = {"maps": len(all_maps), **hard_rows(all_maps)}
     _print(result)
+    result["soft_label_formats"] = soft_label_formats.run(quick)  # prints its own table
     return result
 
 
