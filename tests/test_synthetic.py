@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from proda.data import synthetic as S
+from proda.data.synthetic import writer
 from proda.data.labels import CITYSCAPES_LABELS, cityscapes_lut
 
 SMALL = (64, 32)  # tiny images for the file-level tests
@@ -153,7 +154,7 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path: Path) -> None:
 def test_images_do_not_depend_on_counts_or_workers(tmp_path: Path, monkeypatch) -> None:
     small, big = tmp_path / "small", tmp_path / "big"
     _write(small, n_source=2, n_target=2, n_val=1)
-    monkeypatch.setattr(S, "_CHUNK", 2)  # several tasks, so the process pool really splits the work
+    monkeypatch.setattr(writer, "_CHUNK", 2)  # several tasks, so the process pool really splits the work
     _write(big, n_source=3, n_target=4, n_val=2, workers=2)
     fs, fb = _all_files(small), _all_files(big)
     shared = [k for k in fs if k.endswith(".png")]
