@@ -42,6 +42,9 @@ class DataConfig:
     target: str = "cityscapes"
     target_root: str = ""
     target_split: str = "train"  # its training split needs no labels
+    # the part of each target split to read where the dataset offers one: ACDC conditions ("fog,night"),
+    # Dark Zurich's time of day; null = the dataset's default (all of ACDC, Dark Zurich's night)
+    target_subset: Optional[str] = None
     target_size: Optional[Size] = None
     val_split: str = "val"
     val_size: Optional[Size] = None  # evaluation input size; labels stay at full resolution

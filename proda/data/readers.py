@@ -41,7 +41,7 @@ def target_reader(cfg, split: str | None = None, with_labels: bool = True, size=
     with naming_the_key("data.target_root", d.target_root):
         return build_dataset(
             d.target, d.target_root, split=split or d.target_split, classes=classes,
-            size=chosen, with_labels=with_labels, label_cache=d.target_label_cache,
+            size=chosen, with_labels=with_labels, label_cache=d.target_label_cache, subset=d.target_subset,
         )
 
 

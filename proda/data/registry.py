@@ -16,7 +16,8 @@ Contract of a dataset class (a :class:`~proda.data.datasets.SegmentationDataset`
 * ``open(root, *, split, classes, size, with_labels, list_file, strict)`` (classmethod): the reader of
   ``split`` (None: the first split) whose labels are ids of ``classes`` (a LabelSpace); a class of the dataset
   missing from ``classes`` reads as ignore. Arguments the layout does not support are a ConfigError;
-  missing files a DataError naming them;
+  missing files a DataError naming them. A dataset with ``CONDITIONS`` (ACDC, Dark Zurich) also takes
+  ``subset``, the part of the split to read (``data.target_subset``);
 * the reader: ``samples`` (name, image, label paths), ``__getitem__`` -> {"image", "label", "name"},
   ``read_label(i)``, ``read_native_label(i)`` (its own classes, what ``proda data prepare`` caches),
   ``classes`` / ``native`` (LabelSpace), ``raw_value_of()`` (class id -> raw label value, to write labels
