@@ -224,6 +224,34 @@ def evaluate_model(
     return cm
 
 
+def evaluate_per_condition(model: torch.nn.Module, dataset, device: torch.device, num_classes: int,
+                           **options) -> dict[str, ConfusionMatrix]:
+    """``{condition: matrix, ..., "all": matrix}`` over a reader whose samples record a condition (ACDC's
+    weather, Dark Zurich's time of day: ``dataset.conditions`` and ``dataset.only(condition)``); a reader
+    without conditions gives ``{"all": matrix}``. ``options`` are :func:`evaluate_model`'s (``max_images``
+    caps each condition). Each image is scored once: "all" is the sum of the conditions' matrices, which
+    equals the matrix of the whole reader.
+    """
+    conditions = tuple(getattr(dataset, "conditions", ()))
+    if len(conditions) < 2:
+        return {"all": evaluate_model(model, dataset, device, num_classes, **options)}
+    matrices = {c: evaluate_model(model, dataset.only(c), device, num_classes, **options) for c in conditions}
+    total = ConfusionMatrix(num_classes, device=device)
+    for cm in matrices.values():
+        total.mat += cm.mat
+    return {**matrices, "all": total}
+
+
+def format_condition_table(matrices: dict[str, ConfusionMatrix], images: dict[str, int]) -> str:
+    """One mIoU row per condition and one for the whole (``images``: images scored per condition)."""
+    width = max(9, *(len(c) for c in matrices))
+    lines = [f"{'condition':<{width}}  {'images':>6}  {'mIoU %':>7}", "-" * (width + 17)]
+    for condition, cm in matrices.items():
+        miou = cm.miou()
+        lines.append(f"{condition:<{width}}  {images[condition]:>6}  {'-' if math.isnan(miou) else f'{miou:.2f}':>7}")
+    return "\n".join(lines)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """HxWx3 uint8 resized (bilinear) to ``size`` (W, H); untouched when ``size`` is None or already met."""
     if size is None or (image.shape[1], image.shape[0]) == tuple(size):
