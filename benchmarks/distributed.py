@@ -96,7 +96,7 @@ def _images_per_s(run_dir: Path, global_batch: int) -> tuple[float, float]:
 
 
 def _final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    from proda.engine.checkpoint import load_checkpoint
+    from proda.checkpoint_io import load_checkpoint
 
     return load_checkpoint(run_dir / "latest.pth")["model"]
 
@@ -104,9 +104,10 @@ def _final_model(run_dir: Path) -> dict[str, torch.Tensor]:
 def _initial_model(data: Path, out: Path) -> dict[str, torch.Tensor]:
     """The seeded initial weights every run starts from (built exactly as the trainer builds them)."""
     from proda.config import load_config
+    from proda.adapt.registry import build_stage
     from proda.engine.trainer import Trainer
 
-    trainer = Trainer(load_config(CONFIG, _overrides(data, out, 2 * BATCH, 1, False)), progress=False)
+    trainer = Trainer(load_config(CONFIG, _overrides(data, out, 2 * BATCH, 1, False)), build_stage, progress=False)
     return {k: v.detach().clone() for k, v in trainer.stage.modules["model"].state_dict().items()}
 
 

@@ -36,9 +36,9 @@ def _setup(root: Path, device: str, small: bool) -> list[str]:
     """Synthetic data at the paper's size, a random model's checkpoint, its prototypes and soft labels."""
     from proda.config import load_config
     from proda.data.synthetic import write_benchmark
-    from proda.engine.prototypes import prototypes_command
-    from proda.engine.pseudo_label import pseudo_label_command
-    from proda.engine.trainer import train
+    from proda.adapt.prototypes import prototypes_command
+    from proda.engine.pseudo_label_generation import pseudo_label_command
+    from proda.adapt.registry import train
 
     size = (256, 128) if small else (2048, 1024)
     write_benchmark(root / "data", seed=0, size=size, n_source=8, n_target=8, n_val=1, progress=False)
@@ -59,7 +59,7 @@ def _setup(root: Path, device: str, small: bool) -> list[str]:
 
 def run(quick: bool = False, device: str = "cuda", iterations: int = 30, small: bool = False) -> dict:
     from proda.config import load_config
-    from proda.engine.trainer import train
+    from proda.adapt.registry import train
 
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark needs a GPU (use --device cpu --small to check it runs)")

@@ -1,6 +1,6 @@
 """One stage-1 iteration broken down: the network passes of each view and everything ProDA adds.
 
-The step is assembled from proda's own functions in the order of ``proda.adapt.denoise.Stage1.step``, the
+The step is assembled from proda's own functions in the order of ``proda.adapt.stage1.Stage1.step``, the
 trainer's backward/optimizer step and ``Stage1.after_step``; each view's loss is back-propagated right
 after its forward (as the original does for the source loss; the gradients are the same as the trainer's
 single backward of the summed losses, and the cost too, since the three graphs are disjoint). Rows marked

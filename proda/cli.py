@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("train", "pretrain-ssl"):
         from .config import load_config
-        from .engine.trainer import train
+        from .adapt.registry import train
         from .errors import ConfigError
 
         cfg = load_config(args.config, args.overrides)
@@ -207,13 +207,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "prototypes":
         from .config import load_config
-        from .engine.prototypes import prototypes_command
+        from .adapt.prototypes import prototypes_command
 
         prototypes_command(args.checkpoint, load_config(args.config, args.overrides), args.out, not args.no_progress)
         return 0
     if args.command == "pseudo-label":
         from .config import load_config
-        from .engine.pseudo_label import pseudo_label_command
+        from .engine.pseudo_label_generation import pseudo_label_command
 
         pseudo_label_command(args.checkpoint, load_config(args.config, args.overrides), soft=args.soft,
                              out=args.out, progress=not args.no_progress)
@@ -267,8 +267,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .engine.inference import evaluate_model
     from .engine.metrics import summarize
-    from .engine.trainer import resolve_device
-    from .models.checkpoints import load_trained_model
+    from .engine.device import resolve_device
+    from .models.weights import load_trained_model
 
     device = resolve_device(args.device)
     model, meta = load_trained_model(args.checkpoint, device)

@@ -77,7 +77,7 @@ class ModelConfig:
     # backbone then comes from ImageNet); 'kaiming' = He-normal convs, far better for training from scratch
     # (the synthetic benchmark, which has no pretrained backbone).
     weight_init: Literal["original", "kaiming"] = "original"
-    init: Optional[str] = None  # a checkpoint to start from (see proda.models.checkpoints for formats)
+    init: Optional[str] = None  # a checkpoint to start from (see proda.models.weights for formats)
     # proda_backbone: only the backbone of a proda checkpoint (e.g. `proda pretrain-ssl`), with a fresh head
     init_format: Literal["auto", "proda", "proda_backbone", "original", "torchvision", "simclr"] = "auto"
     # Input normalisation. ProDA feeds [0,1] RGB without ImageNet mean/std (docs/method.md 4.2).

@@ -181,7 +181,7 @@ class Pipeline:
                 print(f"removed {path}")
 
     def run_step(self, step: str) -> None:
-        from .engine.trainer import train
+        from .adapt.registry import train
 
         if step in TRAINED:
             self.check_inputs(step)
@@ -199,7 +199,7 @@ class Pipeline:
     def input_fingerprints(self, step: str) -> dict[str, str]:
         """Content digests of what the links give ``step`` (checkpoints, label folders' meta.json), keyed by
         the path relative to the pipeline's folder: a copied or moved run folder still matches."""
-        from .engine.checkpoint import content_digest
+        from .checkpoint_io import content_digest
 
         prints = {}
         for item in self.links(step):
@@ -237,8 +237,8 @@ class Pipeline:
         self.report["stages"][step] = entry
 
     def soft_labels(self) -> None:
-        from .engine.prototypes import prototypes_command
-        from .engine.pseudo_label import pseudo_label_command
+        from .adapt.prototypes import prototypes_command
+        from .engine.pseudo_label_generation import pseudo_label_command
 
         cfg = self.config("warmup")
         protos = self.run_dir("warmup") / "prototypes.pth"
@@ -248,7 +248,7 @@ class Pipeline:
                              progress=self.progress)
 
     def hard_labels(self, stage: str, step: str) -> None:
-        from .engine.pseudo_label import hard_label_quality, pseudo_label_command
+        from .engine.pseudo_label_generation import hard_label_quality, pseudo_label_command
 
         cfg = self.config(stage)
         folder = pseudo_label_command(str(self.ckpt(stage)), cfg, soft=False, out=str(self.run_dir(stage) / "pseudo_hard"),

@@ -353,7 +353,7 @@ def test_pseudo_labels_with_another_class_count(clean, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ disk space
 def test_pseudo_labels_refuse_to_start_without_disk_space(clean, tmp_path, capsys, monkeypatch):
-    import proda.engine.pseudo_label as pl
+    import proda.engine.pseudo_label_generation as pl
 
     usage = collections.namedtuple("usage", "total used free")
     seen = {}

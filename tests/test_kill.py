@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from fixtures import write_cityscapes, write_gta5
-from proda.engine.checkpoint import MAGIC, load_checkpoint
+from proda.checkpoint_io import MAGIC, load_checkpoint
 
 REPO = Path(__file__).parents[1]
 CONFIG = REPO / "proda" / "configs" / "synthetic" / "source_only.yaml"
@@ -235,7 +235,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
 
 # --------------------------------------------------------------------------------- the pieces, in-process
 def test_stale_temp_files_of_a_run_are_removed_and_nothing_else(tmp_path):
-    from proda.engine.checkpoint import remove_stale_run_temp_files
+    from proda.engine.run_checkpoints import remove_stale_run_temp_files
 
     stale = [".latest.pth.k2j_x9a.tmp", ".iter_0000006.pth.abc123.tmp", ".best.pth.link", ".iter_0000004.pth.link",
              "..best.pth.link.q1w2e3.tmp", ".metrics.jsonl.zz9.tmp", ".config.yaml.a.tmp", ".result.json.b.tmp",
@@ -253,7 +253,7 @@ def test_stale_temp_files_of_a_run_are_removed_and_nothing_else(tmp_path):
 def test_latest_is_switched_last(tmp_path, monkeypatch):
     """A process dying between the links of a checkpoint keeps the previous latest.pth, whose best_miou is
     never newer than best.pth (a resume then redoes the iterations and rewrites the others)."""
-    from proda.engine import checkpoint as ck
+    from proda.engine import run_checkpoints as ck
 
     ck.save_run_checkpoint(tmp_path, {"iteration": 2, "best_miou": 1.0}, 2, keep_last=2, is_best=True)
     real = ck._link_or_copy

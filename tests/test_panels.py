@@ -14,9 +14,9 @@ from proda.data.labels import palette
 from proda.data.pseudo_labels import PseudoLabelStore
 from proda.engine.panels import TILE_WIDTH, panel_path, stack_rows, tile_size
 from proda.engine.plots import panel_image
-from proda.engine.prototypes import prototypes_command
-from proda.engine.pseudo_label import pseudo_label_command
-from proda.engine.trainer import train
+from proda.adapt.prototypes import prototypes_command
+from proda.engine.pseudo_label_generation import pseudo_label_command
+from proda.adapt.registry import train
 from proda.models.build import upsample
 
 CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"

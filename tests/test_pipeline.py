@@ -169,7 +169,7 @@ def test_the_pipeline_runs_under_torchrun(finished, tmp_path):
 def test_a_stage_whose_inputs_changed_is_not_resumed(finished):
     """stage 1 rerun by hand after its hard labels and stage 2 were made: the labels are refused first (they
     are the old model's), then, with fresh labels, stage 2 (it would resume with a stale teacher)."""
-    from proda.engine.checkpoint import load_checkpoint, save_checkpoint
+    from proda.checkpoint_io import load_checkpoint, save_checkpoint
 
     root, overrides, _ = finished
     runs = root / "runs"

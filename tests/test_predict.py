@@ -12,12 +12,12 @@ from PIL import Image
 from proda.config import load_config
 from proda.data import labels
 from proda.data.transforms import image_to_tensor
-from proda.engine.checkpoint import save_checkpoint
+from proda.checkpoint_io import save_checkpoint
 from proda.engine.score_predictions import score_prediction_folder
 from proda.engine.inference import (evaluate_model, infer_probabilities, predict_logits, resolve_sizes,
                                     window_starts)
 from proda.engine.predict import output_name, predict_command, predict_paths
-from proda.engine.trainer import model_meta
+from proda.models.meta import model_meta
 from proda.errors import ConfigError, DataError
 from proda.io import read_label_ids, read_rgb, write_png
 from proda.models.deeplab import DeepLabV2

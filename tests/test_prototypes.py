@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from proda.adapt.ema import EMA, ema_update, init_ema
-from proda.adapt.prototypes import PrototypeBank, class_mean_features, gather_class_means
+from proda.adapt.prototypes import PrototypeBank, class_mean_features
+from proda.engine.dist import all_gather_rows
 from proda.errors import CheckpointError
 
 IGNORE = 255
@@ -75,7 +76,7 @@ def test_class_means_all_ignored():
 
 def test_gather_is_identity_without_distributed():
     means, present = torch.randn(2, 3, 4), torch.rand(2, 3) > 0.5
-    out_means, out_present = gather_class_means(means, present)
+    out_means, out_present = all_gather_rows(means, present)
     assert out_means is means and out_present is present
 
 
@@ -100,13 +101,13 @@ class FakeTwoRankDist:
 
 
 def test_gather_concatenates_in_rank_order_like_one_big_batch(monkeypatch):
-    import proda.adapt.prototypes as module
+    import proda.engine.dist as module
 
     g = torch.Generator().manual_seed(3)
     means = torch.randn(4, 3, 2, generator=g)  # images 0,1 on rank 0; images 2,3 on rank 1
     present = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
     monkeypatch.setattr(module, "dist", FakeTwoRankDist([means[2:], present[2:].to(torch.uint8)]))
-    all_means, all_present = gather_class_means(means[:2], present[:2])
+    all_means, all_present = all_gather_rows(means[:2], present[:2])
     assert torch.equal(all_means, means) and torch.equal(all_present, present)
     split, whole = PrototypeBank(3, 2), PrototypeBank(3, 2)
     split.momentum_update(all_means, all_present, momentum=0.3)

@@ -11,9 +11,11 @@ from fixtures import write_cityscapes, write_gta5
 from proda.adapt.prototypes import PrototypeBank
 from proda.config import load_config
 from proda.data.pseudo_labels import PseudoLabelStore
-from proda.engine.prototypes import prototypes_command
-from proda.engine.pseudo_label import pseudo_label_command
-from proda.engine.trainer import Trainer, train
+from proda.adapt.prototypes import prototypes_command
+from proda.engine.pseudo_label_generation import pseudo_label_command
+from proda.adapt.registry import train
+from proda.engine.trainer import Trainer
+from proda.adapt.registry import build_stage
 
 CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
 IDS = [7, 8, 11, 21, 23, 26, 0]
@@ -75,10 +77,10 @@ def test_stage1_trains_and_reports_pseudo_label_quality(warmed_up, tmp_path):
 
 def test_stage1_resume_is_exact(warmed_up, tmp_path):
     data, wu = warmed_up
-    straight = Trainer(stage1_cfg(data, wu, tmp_path / "a"), progress=False)
+    straight = Trainer(stage1_cfg(data, wu, tmp_path / "a"), build_stage, progress=False)
     straight.fit()
-    Trainer(stage1_cfg(data, wu, tmp_path / "b"), progress=False).fit(stop_after=2)
-    resumed = Trainer(stage1_cfg(data, wu, tmp_path / "b"), progress=False)
+    Trainer(stage1_cfg(data, wu, tmp_path / "b"), build_stage, progress=False).fit(stop_after=2)
+    resumed = Trainer(stage1_cfg(data, wu, tmp_path / "b"), build_stage, progress=False)
     resumed.fit()
     for name in ("model", "ema"):
         a, b = straight.stage.modules[name].state_dict(), resumed.stage.modules[name].state_dict()
@@ -92,7 +94,7 @@ def test_stage1_resume_is_exact(warmed_up, tmp_path):
 def test_a_skipped_step_does_not_move_the_prototypes(warmed_up, tmp_path):
     """The trainer skips after_step for a non-finite loss; that step's EMA outputs must not be used later."""
     data, wu = warmed_up
-    trainer = Trainer(stage1_cfg(data, wu, tmp_path / "s"), progress=False)
+    trainer = Trainer(stage1_cfg(data, wu, tmp_path / "s"), build_stage, progress=False)
     stage = trainer.stage
     from proda.engine.data import training_loader
 

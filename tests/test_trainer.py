@@ -9,8 +9,10 @@ import torch
 
 from fixtures import write_cityscapes, write_gta5
 from proda.config import load_config
-from proda.engine.checkpoint import load_checkpoint
-from proda.engine.trainer import Trainer, train
+from proda.checkpoint_io import load_checkpoint
+from proda.adapt.registry import train
+from proda.engine.trainer import Trainer
+from proda.adapt.registry import build_stage
 from proda.errors import ProdaError
 
 CONFIG = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "source_only.yaml"
@@ -38,11 +40,11 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
-    straight = Trainer(tiny_config(tiny_data, tmp_path / "a"), progress=False)
+    straight = Trainer(tiny_config(tiny_data, tmp_path / "a"), build_stage, progress=False)
     straight.fit()
-    first = Trainer(tiny_config(tiny_data, tmp_path / "b"), progress=False)
+    first = Trainer(tiny_config(tiny_data, tmp_path / "b"), build_stage, progress=False)
     assert first.fit(stop_after=3).iteration == 3
-    second = Trainer(tiny_config(tiny_data, tmp_path / "b"), progress=False)  # a new process would do this
+    second = Trainer(tiny_config(tiny_data, tmp_path / "b"), build_stage, progress=False)  # a new process would do this
     assert second.fit().iteration == 6
     a, b = params(straight.stage.model), params(second.stage.model)
     assert a.keys() == b.keys()
@@ -58,11 +60,11 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
 
 
 def test_same_seed_same_result_and_seed_matters(tiny_data, tmp_path):
-    a = Trainer(tiny_config(tiny_data, tmp_path / "a", "optim.iterations=2"), progress=False)
+    a = Trainer(tiny_config(tiny_data, tmp_path / "a", "optim.iterations=2"), build_stage, progress=False)
     a.fit()
-    b = Trainer(tiny_config(tiny_data, tmp_path / "b", "optim.iterations=2"), progress=False)
+    b = Trainer(tiny_config(tiny_data, tmp_path / "b", "optim.iterations=2"), build_stage, progress=False)
     b.fit()
-    c = Trainer(tiny_config(tiny_data, tmp_path / "c", "optim.iterations=2", "run.seed=7"), progress=False)
+    c = Trainer(tiny_config(tiny_data, tmp_path / "c", "optim.iterations=2", "run.seed=7"), build_stage, progress=False)
     c.fit()
     pa, pb, pc = params(a.stage.model), params(b.stage.model), params(c.stage.model)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
@@ -99,7 +101,7 @@ def test_corrupt_latest_checkpoint_is_named(tiny_data, tmp_path):
 
 def test_nonfinite_losses_skip_steps_then_stop(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "run", "run.max_nonfinite_steps=2")
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer(cfg, build_stage, progress=False)
     before = params(trainer.stage.model)
 
     def nan_step(batch, iteration):
@@ -130,7 +132,7 @@ def test_content_digest_of_checkpoints_and_other_files(tmp_path):
     import hashlib
     import shutil
 
-    from proda.engine.checkpoint import content_digest, save_checkpoint
+    from proda.checkpoint_io import content_digest, save_checkpoint
 
     save_checkpoint(tmp_path / "a.pth", {"w": torch.arange(4)})
     payload = (tmp_path / "a.pth").read_bytes().split(b"\n", 2)[2]

@@ -1,7 +1,11 @@
 """What a stage is: named modules, optimizers, data streams and a ``step(batch) -> named losses``.
 
-The trainer (proda.engine.trainer) drives any stage the same way; a stage knows nothing of files,
-devices placement, processes or checkpoints beyond returning its state.
+The trainer (proda.engine.trainer) drives any stage the same way and knows nothing of ProDA. A stage is
+made in two steps: its ``build(cfg, device, progress)`` class method does everything that touches files,
+processes or the terminal (reading a prototype file, opening a pseudo-label store, loading a teacher,
+all-reducing label statistics, printing what it found) and hands plain objects (modules, tensors, datasets)
+to the constructor, which does none of that. A test can therefore build a stage from in-memory tensors and
+modules and call ``step`` on a batch it made itself.
 """
 from __future__ import annotations
 
@@ -12,6 +16,16 @@ from torch import nn
 
 from ..data.transforms import WeakCropper, image_to_tensor, label_to_tensor
 from ..engine.data import AugmentedDataset
+from ..models.build import build_model
+from ..models.weights import initialize_model
+
+
+def segmentation_model(cfg) -> nn.Module:
+    """The network a stage trains, initialised from ``model.init`` when set (a file: builders call this)."""
+    net = build_model(cfg.model, cfg.data.num_classes)
+    if cfg.model.init:
+        initialize_model(net, cfg.model.init, cfg.model.init_format)
+    return net
 
 
 class Stage:
@@ -23,31 +37,29 @@ class Stage:
     # modules trained by back-propagation: wrapped in DistributedDataParallel when world_size > 1
     ddp_modules: tuple[str, ...] = ("model",)
 
-    def __init__(self, cfg, device: torch.device):
+    #: batch entries that are images [B,3,H,W] (put in channels_last memory format when run.channels_last)
+    image_keys: frozenset[str] = frozenset({"image"})
+
+    def __init__(self, cfg, device: torch.device, model: nn.Module,
+                 streams: dict[str, AugmentedDataset] | None = None):
+        """``model``: the network trained as ``modules['model']``, with an SGD optimizer (backbone at
+        ``optim.lr``, head at ``optim.head_lr_mult`` times that). ``streams``: name -> training dataset,
+        batched by the trainer (none for a stage driven by hand, as in tests)."""
         self.cfg, self.device = cfg, device
-        self.modules: dict[str, nn.Module] = {}  # everything checkpointed; "model" is the one evaluated
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.streams: dict[str, AugmentedDataset] = {}  # name -> training dataset, batched by the trainer
+        self.modules: dict[str, nn.Module] = {"model": model.to(device)}  # all checkpointed; "model" is evaluated
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"model": torch.optim.SGD(
+            model.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult),
+            lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        )}
+        self.streams: dict[str, AugmentedDataset] = dict(streams or {})
         # DistributedDataParallel wrappers of ``modules`` (set by :meth:`wrap_distributed`); ``modules`` keeps
         # the bare modules, which checkpoints, the EMA and evaluation use
         self.ddp: dict[str, nn.Module] = {}
 
-    def add_segmentation_model(self) -> nn.Module:
-        """The network being trained as ``modules['model']`` (initialised from ``model.init`` if set),
-        with its SGD optimizer: backbone at ``optim.lr``, head at ``optim.head_lr_mult`` times that."""
-        from ..models.build import build_model
-        from ..models.checkpoints import initialize_model
-
-        cfg = self.cfg
-        net = build_model(cfg.model, cfg.data.num_classes)
-        if cfg.model.init:
-            initialize_model(net, cfg.model.init, cfg.model.init_format)
-        self.modules["model"] = net.to(self.device)
-        self.optimizers["model"] = torch.optim.SGD(
-            net.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult),
-            lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-        )
-        return net
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "Stage":
+        """The stage for ``cfg``, its inputs read from the files the config names."""
+        raise NotImplementedError
 
     @property
     def model(self) -> nn.Module:
@@ -90,6 +102,15 @@ class Stage:
 
     def final_metrics(self) -> dict[str, Any]:
         """Stage-specific figures measured once when the stage completes; stored in result.json."""
+        return {}
+
+    def panel_reader(self):
+        """The dataset whose first images the trainer's panels draw; None: the target validation split."""
+        return None
+
+    def panel_maps(self, sample: dict[str, Any], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Extra label maps [H,W] at ``size`` (H, W) to draw beside ground truth and prediction for one sample
+        of :meth:`panel_reader`, titled by their keys (e.g. a stage's pseudo labels). Called in eval mode."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

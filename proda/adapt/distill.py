@@ -15,16 +15,16 @@ import torch
 
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, hard_labels_for_crop, threshold_labels
+from ..data.readers import source_reader, target_reader
 from ..data.strong import labels_to_strong, strong_view
 from ..data.transforms import WeakCropper, image_to_tensor
 from ..engine import dist
 from ..engine.data import AugmentedDataset
-from ..engine.pseudo_label import selection_thresholds
+from ..engine.pseudo_label_generation import selection_thresholds
 from ..models.build import normalize, upsample
-from ..models.checkpoints import load_model_for_config
-from ..data.readers import source_reader, target_reader
-from .base import Stage, weak_view_fn
-from .denoise import grid_size
+from ..models.weights import load_model_for_config
+from .base import Stage, segmentation_model, weak_view_fn
+from .stage1 import grid_size
 from .losses import distillation_kl
 from .supervised import segmentation_loss
 
@@ -59,28 +59,39 @@ class DistillTargetView:
 class DistillStage(Stage):
     name = "distill"
 
-    def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        k = cfg.distill
-        self.add_segmentation_model()
-        teacher, meta = load_model_for_config(k.teacher, cfg, device)
+    image_keys = frozenset({"image", "strong"})
+
+    def __init__(self, cfg, device: torch.device, model: torch.nn.Module, teacher: torch.nn.Module,
+                 teacher_input: tuple, keep_above: float | np.ndarray, streams=None):
+        """``teacher``: the frozen previous-stage model (not checkpointed: it is the file ``distill.teacher``),
+        fed with its own input normalisation ``teacher_input`` = (mean, std); ``keep_above``: the confidence
+        threshold of the hard labels, one or one per class (what the streams' target view applies)."""
+        super().__init__(cfg, device, model, streams)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.teacher = teacher.eval()  # frozen, not checkpointed: it is the file named by distill.teacher
-        self.teacher_input = (meta["input"]["mean"], meta["input"]["std"])
+        self.teacher = teacher.to(device).eval()
+        self.teacher_input = teacher_input
+        self.keep_above = keep_above
+        self.grid = grid_size(tuple(cfg.data.crop_size), cfg.distill.loss_stride)
+
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "DistillStage":
+        k = cfg.distill
+        model = segmentation_model(cfg)
+        teacher, meta = load_model_for_config(k.teacher, cfg, device)
         store = PseudoLabelStore.open(k.pseudo_labels, kind="hard", num_classes=cfg.data.num_classes)  # fail early
         target = target_reader(cfg, with_labels=False)
-        self.keep_above = selection_thresholds(store, [s.name for s in target.samples], k.threshold, k.class_keep,
-                                               device=device, collective=True, progress=self.progress)
+        keep_above = selection_thresholds(store, [s.name for s in target.samples], k.threshold, k.class_keep,
+                                          device=device, collective=True, progress=progress)
         if k.class_keep > 0 and dist.is_main():
-            shown = " ".join(f"{t:.3f}" for t in self.keep_above)
+            shown = " ".join(f"{t:.3f}" for t in keep_above)
             print(f"pseudo labels kept per class above (confidence > {k.threshold} or the top "
                   f"{100 * k.class_keep:.0f}% of the class): {shown}")
-        self.streams = {
+        streams = {
             "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
-            "target": AugmentedDataset(target, DistillTargetView(cfg, self.keep_above)),
+            "target": AugmentedDataset(target, DistillTargetView(cfg, keep_above)),
         }
-        self.grid = grid_size(tuple(cfg.data.crop_size), k.loss_stride)
+        return cls(cfg, device, model, teacher, (meta["input"]["mean"], meta["input"]["std"]), keep_above, streams)
 
     def train_mode(self) -> None:
         self.model.train()

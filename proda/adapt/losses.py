@@ -16,7 +16,6 @@ Shapes: B images, C classes, D feature channels, H×W the loss grid (crop/4 in s
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Callable, Literal, TypeVar
@@ -25,11 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
+from ..engine.device import no_autocast
 
 __all__ = [
     "RCE_LOG_FLOOR",
     "prototype_distances",
     "rectification_weights",
+    "rectified_scores",
     "rectify_pseudo_labels",
     "symmetric_cross_entropy",
     "mean_log_prob_regularizer",
@@ -46,13 +47,6 @@ RCE_PROB_FLOOR = 1e-7
 _F = TypeVar("_F", bound=Callable[..., torch.Tensor])
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):  # a device type autocast does not know: nothing to switch off
-        return contextlib.nullcontext()
-
-
 def _float32(fn: _F) -> _F:
     """Run ``fn`` with autocast disabled on the device of its first tensor argument."""
 
@@ -61,7 +55,7 @@ def _float32(fn: _F) -> _F:
         first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         if first is None:
             return fn(*args, **kwargs)
-        with _no_autocast(first.device):
+        with no_autocast(first.device):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -127,6 +121,12 @@ def rectification_weights(distances: torch.Tensor, temperature: float = 1.0) -> 
     return F.softmax(-d * temperature, dim=1)
 
 
+def rectified_scores(soft: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """ω·P0 [B,C,H,W] in float32: the rectified class scores whose argmax is ProDA's denoised label. The one
+    place the rectification product is written; callers that resample before the argmax use it directly."""
+    return weights.float() * soft.to(device=weights.device, dtype=torch.float32)
+
+
 @_float32
 @torch.no_grad()
 def rectify_pseudo_labels(
@@ -146,7 +146,7 @@ def rectify_pseudo_labels(
     """
     if soft.shape != weights.shape:
         raise ValueError(f"soft labels {tuple(soft.shape)} and weights {tuple(weights.shape)} differ in shape")
-    rectified = weights.float() * soft.to(device=weights.device, dtype=torch.float32)
+    rectified = rectified_scores(soft, weights)
     labels = rectified.argmax(dim=1)
     if threshold > 0:
         confidence = rectified.max(dim=1).values / rectified.sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny)

@@ -13,7 +13,7 @@ Classes never seen keep a zero prototype (finite, so distances and softmaxes sta
 is simply far from every real feature). :meth:`PrototypeBank.unseen_classes` lists them so the caller can warn.
 
 Distributed training: each process computes ``class_mean_features`` on its own images, then
-:func:`gather_class_means` concatenates all processes' results in rank order, so every process applies the
+:func:`proda.engine.dist.all_gather_rows` concatenates all processes' results in rank order, so every process applies the
 same B·N sequential updates a single process with the whole batch would, and the banks stay identical.
 Rank order is batch order because the training streams (proda.engine.data) give rank r the r-th B-slice of
 each global micro-batch (with gradient accumulation, stage 1 gathers once per micro-batch, in order). The
@@ -23,28 +23,28 @@ moving average is not a function of the batch's summed statistics, so only the g
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 from typing import Any
 
+import cv2
 import torch
-import torch.distributed as dist
+from tqdm import tqdm
 
+from ..checkpoint_io import load_checkpoint
 from ..data.labels import IGNORE_INDEX
+from ..data.readers import target_reader
+from ..data.transforms import image_to_tensor
+from ..engine import dist
+from ..engine.device import no_autocast, prepare_device
 from ..errors import CheckpointError
 from ..io import atomic_write
+from ..models.build import normalize
+from ..models.weights import load_model_for_config
 
-__all__ = ["class_mean_features", "gather_class_means", "PrototypeBank"]
+__all__ = ["class_mean_features", "PrototypeBank", "compute_prototypes", "prototypes_command"]
 
 FORMAT = "proda-prototypes-1"
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):
-        return contextlib.nullcontext()
 
 
 def class_mean_features(
@@ -70,7 +70,7 @@ def class_mean_features(
             f"expected feat [B,D,H,W] and assign [B,H,W], got {tuple(feat.shape)} and {tuple(assign.shape)}"
         )
     b, d = feat.shape[:2]
-    with _no_autocast(feat.device):
+    with no_autocast(feat.device):
         f = feat.float().reshape(b, d, -1)  # [B,D,N]
         a = assign.to(device=feat.device, dtype=torch.long).reshape(b, -1)
         a = torch.where(a == ignore_index, torch.full_like(a, num_classes), a)  # extra bin, dropped below
@@ -81,24 +81,6 @@ def class_mean_features(
     means = sums / counts.clamp_min(1).unsqueeze(-1)
     means = torch.where(present.unsqueeze(-1), means, torch.zeros((), device=means.device))
     return means, present
-
-
-def gather_class_means(means: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather per-process class means in rank order: [B,C,D],[B,C] -> [world·B,C,D],[world·B,C].
-
-    Identity when torch.distributed is not initialised (or has one process). Every process must pass the same
-    B (equal per-rank batches, as the trainer's data streams give), otherwise all_gather fails.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return means, present
-    world = dist.get_world_size()
-    means = means.contiguous()
-    flags = present.to(torch.uint8).contiguous()  # bool all_gather is not supported by every backend
-    all_means = [torch.empty_like(means) for _ in range(world)]
-    all_flags = [torch.empty_like(flags) for _ in range(world)]
-    dist.all_gather(all_means, means)
-    dist.all_gather(all_flags, flags)
-    return torch.cat(all_means, 0), torch.cat(all_flags, 0).bool()
 
 
 class PrototypeBank:
@@ -222,8 +204,6 @@ class PrototypeBank:
 
         For a bare tensor, counts are unknown (0) and a class counts as initialised when its row is non-zero.
         """
-        from ..engine.checkpoint import load_checkpoint
-
         if not os.path.isfile(path):
             raise CheckpointError(f"{path}: prototype file not found")
         obj = load_checkpoint(path, map_location=map_location)
@@ -247,3 +227,68 @@ class PrototypeBank:
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         return bank
+
+
+@torch.no_grad()
+def compute_prototypes(
+    model: torch.nn.Module,
+    reader,
+    device: torch.device,
+    num_classes: int,
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    input_size: tuple[int, int] | None = None,
+    min_pixels: int = 10,
+    progress: bool = True,
+) -> PrototypeBank:
+    """Initial prototypes: class centroids of the head features over the target training set.
+
+    As the original ``calc_prototype.py``: the model in eval mode on un-augmented target images, pixels
+    assigned by the model's own argmax at network output resolution, per image and class with at least
+    ``min_pixels`` pixels the mean feature, aggregated by the running mean of
+    :meth:`PrototypeBank.accumulate_initial`. The original makes four identical passes (its issue #53 asks
+    why; with deterministic eval passes they only re-weight once counts hit the cap): one pass is made here.
+    """
+    model.eval()
+    bank: PrototypeBank | None = None
+    n = len(reader)
+    # every rank runs the same number of steps (all-gather needs them), padding with a repeat of its last image
+    per_rank = -(-n // dist.world_size())
+    for k in tqdm(range(per_rank), desc="prototypes", disable=not (progress and dist.is_main())):
+        i = min(dist.rank() + k * dist.world_size(), n - 1)
+        real = dist.rank() + k * dist.world_size() < n
+        image = reader[i]["image"]
+        if input_size is not None and (image.shape[1], image.shape[0]) != tuple(input_size):
+            image = cv2.resize(image, tuple(input_size), interpolation=cv2.INTER_LINEAR)
+        out = model(normalize(image_to_tensor(image)[None].to(device), mean, std))
+        feat = out["feat"].float()
+        if bank is None:
+            bank = PrototypeBank(num_classes, feat.shape[1], device=device)
+        means, present = class_mean_features(feat, out["out"].argmax(1), num_classes, min_pixels)
+        present &= real
+        means, present = dist.all_gather_rows(means, present)
+        bank.accumulate_initial(means, present)
+    if bank is None:
+        raise ValueError("no target images to compute prototypes from")
+    return bank
+
+
+def prototypes_command(checkpoint: str, cfg, out: str | None, progress: bool = True) -> str:
+    """`proda prototypes`: compute from a checkpoint over the config's target training split and save."""
+    device = prepare_device(cfg.run.device)
+    model, meta = load_model_for_config(checkpoint, cfg, device)
+    reader = target_reader(cfg, with_labels=False)
+    bank = compute_prototypes(model, reader, device, meta["num_classes"], meta["input"]["mean"], meta["input"]["std"],
+                              min_pixels=cfg.stage1.prototype_min_pixels, progress=progress)
+    path = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "prototypes.pth")
+    provenance: dict[str, Any] = {
+        "checkpoint": os.path.abspath(checkpoint), "dataset": cfg.data.target_root, "split": cfg.data.target_split,
+        "num_images": len(reader), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if dist.is_main():
+        bank.save(path, provenance)
+        unseen = bank.unseen_classes()
+        names = meta["class_names"]
+        print(f"wrote {path}: {bank.num_classes} prototypes of dimension {bank.dim} from {len(reader)} images"
+              + (f"; never predicted (zero prototype): {', '.join(names[k] for k in unseen)}" if unseen else ""))
+    return path

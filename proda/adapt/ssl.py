@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.readers import target_reader
 from ..data.transforms import image_to_tensor
 from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize
-from ..data.readers import target_reader
-from .base import Stage
+from .base import Stage, segmentation_model
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -109,9 +109,11 @@ class SSLStage(Stage):
     evaluates = False  # no segmentation head is trained: a val mIoU would mean nothing
     ddp_modules = ()  # see wrap_distributed
 
-    def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        net = self.add_segmentation_model()
+    image_keys = frozenset({"view1", "view2"})
+
+    def __init__(self, cfg, device: torch.device, model: torch.nn.Module, streams=None):
+        super().__init__(cfg, device, model, streams)
+        net = model
         projector = Projector(net.out_channels, cfg.ssl.proj_hidden, cfg.ssl.proj_dim).to(device)
         self.modules["projector"] = projector
         # the backbone and the projector learn; the segmentation head stays as initialised
@@ -126,8 +128,12 @@ class SSLStage(Stage):
             if id(p) not in trained:
                 p.requires_grad_(False)
         self.contrastive = Contrastive(net, projector)
-        self.streams = {"target": AugmentedDataset(target_reader(cfg, with_labels=False),
-                                                   ContrastiveView(tuple(cfg.data.crop_size), cfg.ssl))}
+
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "SSLStage":
+        model = segmentation_model(cfg)
+        return cls(cfg, device, model, {"target": AugmentedDataset(target_reader(cfg, with_labels=False),
+                                                                   ContrastiveView(tuple(cfg.data.crop_size), cfg.ssl))})
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
+from ..data.readers import source_reader, target_reader
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
-from ..data.readers import source_reader, target_reader
-from .base import Stage, weak_view_fn
+from .base import Stage, segmentation_model, weak_view_fn
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -28,12 +28,16 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class SupervisedStage(Stage):
     name = "supervised"
 
-    def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        self.add_segmentation_model()
+    def __init__(self, cfg, device: torch.device, model: torch.nn.Module, streams=None):
+        super().__init__(cfg, device, model, streams)
         self.domain = cfg.supervised.domain
-        reader = source_reader(cfg) if self.domain == "source" else target_reader(cfg, with_labels=True)
-        self.streams[self.domain] = AugmentedDataset(reader, weak_view_fn(cfg))
+
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "SupervisedStage":
+        model = segmentation_model(cfg)
+        domain = cfg.supervised.domain
+        reader = source_reader(cfg) if domain == "source" else target_reader(cfg, with_labels=True)
+        return cls(cfg, device, model, {domain: AugmentedDataset(reader, weak_view_fn(cfg))})
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         data = batch[self.domain]

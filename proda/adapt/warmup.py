@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..data.readers import source_reader, target_reader
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from ..models.discriminator import FCDiscriminator
-from ..data.readers import source_reader, target_reader
-from .base import Stage, weak_view_fn
+from .base import Stage, segmentation_model, weak_view_fn
 from .supervised import segmentation_loss
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
@@ -42,19 +42,22 @@ class WarmupStage(Stage):
     name = "warmup"
     ddp_modules = ("model", "discriminator")
 
-    def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        self.add_segmentation_model()
-        self.streams = {
-            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
-            "target": AugmentedDataset(target_reader(cfg, with_labels=False), weak_view_fn(cfg, with_label=False)),
-        }
+    def __init__(self, cfg, device: torch.device, model: torch.nn.Module, streams=None):
+        super().__init__(cfg, device, model, streams)
         w = cfg.warmup
         if w.freeze_bn:
             self.model.freeze_bn(True)
         disc = FCDiscriminator(cfg.data.num_classes, ndf=w.disc_width).to(device)
         self.modules["discriminator"] = disc
         self.optimizers["discriminator"] = torch.optim.Adam(disc.parameters(), lr=w.disc_lr, betas=tuple(w.disc_betas))
+
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "WarmupStage":
+        model = segmentation_model(cfg)
+        return cls(cfg, device, model, {
+            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "target": AugmentedDataset(target_reader(cfg, with_labels=False), weak_view_fn(cfg, with_label=False)),
+        })
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         cfg, w = self.cfg, self.cfg.warmup

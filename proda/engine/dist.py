@@ -7,6 +7,7 @@ Besides rank bookkeeping this holds what data-parallel training needs beyond tor
   torch's refuses to run, :class:`SyncBatchNorm`: the same statistics from one differentiable all-gather
   per layer, so ``run.sync_bn`` also works (and is tested) on CPU;
 * :func:`all_gather_with_grad`: an all-gather that back-propagates to each process's own rows;
+* :func:`all_gather_rows`: every process's rows in rank order (per-image class means for the prototypes);
 * :func:`any_rank` / :func:`mean_over_ranks`: agreeing on a decision, averaging logged scalars.
 """
 from __future__ import annotations
@@ -49,6 +50,25 @@ def init_from_env(device: str) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+def all_gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor [B,...] of every process, concatenated in rank order along dim 0: [world*B,...].
+
+    Identity with one process. Every process must pass the same shapes (equal per-rank batches, as the
+    trainer's streams give). Bool tensors travel as uint8 (not every backend gathers bool). Used to move
+    ProDA's prototypes with every process's per-image class means in batch order, as one process would.
+    """
+    if not is_initialized() or world_size() == 1:
+        return tensors
+    out = []
+    for t in tensors:
+        wire = t.to(torch.uint8).contiguous() if t.dtype == torch.bool else t.contiguous()
+        parts = [torch.empty_like(wire) for _ in range(world_size())]
+        dist.all_gather(parts, wire)
+        joined = torch.cat(parts, 0)
+        out.append(joined.bool() if t.dtype == torch.bool else joined)
+    return tuple(out)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

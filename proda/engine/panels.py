@@ -1,15 +1,14 @@
-"""Image panels of a training run: what the model (and, in stage 1, the pseudo labels) look like over time.
+"""Image panels of a training run: what the model (and whatever the stage adds, e.g. its pseudo labels) looks
+like over time.
 
 A mIoU curve says *that* something is off; a picture says *what* (labels mapped into the wrong classes, a
 collapsed prediction, pseudo labels drifting to one class). At every evaluation by default
 (``run.panel_every``: null = with each evaluation, 0 = never, N = every N iterations) the trainer calls
 :meth:`PanelWriter.maybe_write`, which draws one row per image for the first ``run.panel_images`` images of
-a fixed list, always the same ones, so panels compare over time:
-
-* stage 1: target *training* images (where the soft labels P0 live): image | ground truth (if known) |
-  raw pseudo label argmax P0 | rectified argmax(omega * P0) with the current EMA features and prototypes
-  (:meth:`proda.adapt.denoise.Stage1.pseudo_labels`, as the stage's final pseudo-label metrics) | prediction;
-* every other evaluated stage: target *validation* images: image | ground truth | prediction.
+a fixed list, always the same ones, so panels compare over time: image | ground truth (if known) | the label
+maps the stage offers (``Stage.panel_maps``) | prediction. The images are those of the stage's
+``panel_reader()`` (e.g. ProDA's stage 1 draws target *training* images, where its soft labels live, with its
+raw and rectified pseudo labels), or else the target *validation* split.
 
 Label maps use the Cityscapes palette (ignore is black); tiles are at most :data:`TILE_WIDTH` pixels wide.
 The panel goes to TensorBoard (tag ``panels/target_train`` or ``panels/target_val``) and, for people
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.labels import palette
+from ..data.readers import run_classes
 from ..data.transforms import image_to_tensor
 from ..io import write_png
 from . import dist
@@ -71,8 +70,6 @@ class PanelWriter:
         cfg = trainer.cfg
         self.every = cfg.run.panel_every
         self.enabled = dist.is_main() and trainer.stage.evaluates and self.every != 0
-        self.pseudo = cfg.stage == "stage1"
-        self._store = None
 
     def due(self, iteration: int, evaluated: bool) -> bool:
         if not self.enabled:
@@ -93,8 +90,9 @@ class PanelWriter:
 
     # ------------------------------------------------------------------------------------------ drawing
     def _reader(self):
-        if self.pseudo:
-            return self.trainer.stage.streams["target"].reader, "panels/target_train"
+        own = self.trainer.stage.panel_reader()
+        if own is not None:
+            return own, "panels/target_train"
         return self.trainer._val_reader(), "panels/target_val"
 
     @torch.no_grad()
@@ -104,37 +102,21 @@ class PanelWriter:
         stage, device = trainer.stage, trainer.device
         reader, tag = self._reader()
         model = stage.modules["model"]  # the bare module (never a DDP wrapper: only this process runs it)
-        ema = stage.modules.get("ema") if self.pseudo else None
-        modes = [(m, m.training) for m in (model, ema) if m is not None]
-        for m, _ in modes:
-            m.eval()
+        training = model.training
+        model.eval()
         try:
             rows = [self._row(reader[i], model, device, cfg) for i in range(min(cfg.run.panel_images, len(reader)))]
         finally:
-            for m, training in modes:
-                m.train(training)
+            model.train(training)
         return stack_rows(rows), tag
 
     def _row(self, sample: dict[str, Any], model: torch.nn.Module, device: torch.device, cfg) -> np.ndarray:
         image = sample["image"]
         w, h = tile_size(image.shape[1], image.shape[0])
-        maps: dict[str, Any] = {"ground truth": sample.get("label")}
-        if self.pseudo:
-            maps["raw PL"], maps["rectified PL"] = self._pseudo_labels(sample, (h, w), device)
+        maps: dict[str, Any] = {"ground truth": sample.get("label"), **self.trainer.stage.panel_maps(sample, (h, w))}
         net_input = image_to_tensor(resize_image(image, cfg.data.val_size))[None].to(device)
         prob = infer_probabilities(model, net_input, (h, w), cfg.model.mean, cfg.model.std)
         maps["prediction"] = prob.argmax(1)[0]
         small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != image.shape[1::-1] else image
         title = str(sample["name"]).removesuffix("_leftImg8bit")  # Cityscapes names: keep the informative part
-        return panel_image(small, maps, palette(cfg.data.num_classes), image_title=title)
-
-    def _pseudo_labels(self, sample: dict[str, Any], size: tuple[int, int],
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..data.pseudo_labels import PseudoLabelStore
-
-        if self._store is None:
-            self._store = PseudoLabelStore.open(self.trainer.cfg.stage1.soft_labels, kind="soft")
-        image = image_to_tensor(sample["image"])[None].to(device)
-        soft = torch.from_numpy(self._store.read_soft(sample["name"])).float().to(device)[None]
-        raw, rect = self.trainer.stage.pseudo_labels(image, soft, size)
-        return raw[0], rect[0]
+        return panel_image(small, maps, run_classes(cfg).palette_array(), image_title=title)

@@ -159,8 +159,8 @@ def predict_paths(
     resolution with the checkpoint's input size as window. Maps are always written at the image's size.
     Consecutive images of equal size are batched (up to ``batch_size``).
     """
-    from ..models.checkpoints import load_trained_model
-    from .trainer import resolve_device
+    from ..models.weights import load_trained_model
+    from .device import resolve_device
 
     formats = _check_formats(formats)
     check_mode_and_scales(mode, scales)

@@ -3,7 +3,8 @@
 It owns what is common to all stages: devices and precision, the deterministic data streams, the poly
 learning-rate schedule, gradient accumulation, non-finite loss handling, periodic evaluation, complete
 atomic checkpoints, automatic resume and metrics. What is learned, and how, is the stage's business
-(``proda.adapt``): the loop only sums the loss terms a stage's ``step`` returns.
+(``proda.adapt``, whose registry the caller hands in as the stage factory): the loop only sums the loss
+terms a stage's ``step`` returns.
 """
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoint_io import load_checkpoint
 from ..config import Config, dump_yaml
-from ..errors import ConfigError, ProdaError
+from ..data.readers import run_classes
+from ..errors import ProdaError
 from ..io import atomic_write, write_json
+from ..models.meta import model_meta
 from . import dist
-from .checkpoint import load_checkpoint, remove_stale_run_temp_files, save_run_checkpoint
 from .data import training_loader
+from .device import prepare_device
 from .inference import evaluate_model
 from .logger import MetricsWriter, read_metrics
 from .metrics import summarize
+from .run_checkpoints import remove_stale_run_temp_files, save_run_checkpoint
 
 
 @dataclass
@@ -38,21 +43,6 @@ class TrainResult:
     final: dict[str, Any]  # summarize() of the last evaluation
     best_miou: float
     wall_s: float  # training time of this invocation plus the recorded time of earlier ones
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"run.device: {name!r} is not a device name ({exc})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device: {name!r} requested but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"run.device: {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"run.device: {name!r} requested but MPS is not available")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -90,14 +80,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-#: batch entries that are images ([B,3,H,W]): put in channels_last memory format when run.channels_last
-IMAGE_KEYS = frozenset({"image", "strong", "full", "view1", "view2"})
-
-
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+def _to_device(batch: dict[str, Any], device: torch.device, image_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The batch's tensors on ``device``; those named by ``image_keys`` ([B,3,H,W]) in channels_last format."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if channels_last:
-        for k in IMAGE_KEYS & out.keys():
+    if image_keys:
+        for k in image_keys & out.keys():
             if torch.is_tensor(out[k]) and out[k].dim() == 4:
                 out[k] = out[k].contiguous(memory_format=torch.channels_last)
     return out
@@ -108,25 +95,16 @@ def _stream_seed(seed: int, name: str) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, stage_factory: Callable[[Config, torch.device], Any] | None = None,
-                 progress: bool = True):
+    def __init__(self, cfg: Config, stage_factory: Callable[..., Any], progress: bool = True):
+        """``stage_factory(cfg, device, progress=...)`` builds the stage (``proda.adapt.registry.build_stage``)."""
         self.cfg = cfg
         self.progress = progress
-        self.device = resolve_device(cfg.run.device)
-        dist.init_from_env(cfg.run.device)
-        if dist.world_size() > 1 and self.device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = prepare_device(cfg.run.device)
         self.run_dir = Path(cfg.run.out_dir)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.run.seed)  # identical initial weights on every process
-        if stage_factory is None:
-            from functools import partial
-
-            from ..adapt.registry import build_stage
-
-            stage_factory = partial(build_stage, progress=progress)
-        self.stage = stage_factory(cfg, self.device)
+        self.stage = stage_factory(cfg, self.device, progress=progress)
         self.stage.progress = progress
         self.prepare_modules()
         self.val_reader = None
@@ -238,6 +216,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         end = o.iterations if stop_after is None else min(o.iterations, stop_after)
+        image_keys = frozenset(stage.image_keys) if r.channels_last else frozenset()
         for it in range(start_iter, end):
             lrs = set_learning_rates(stage.optimizers, poly_factor(it, horizon, o.poly_power))
             stage.train_mode()
@@ -245,7 +224,7 @@ class Trainer:
             finite = True
             batch = {}
             for micro in range(accum):
-                batch = {name: _to_device(next(loader), self.device, r.channels_last) for name, loader in loaders.items()}
+                batch = {name: _to_device(next(loader), self.device, image_keys) for name, loader in loaders.items()}
                 with contextlib.ExitStack() as no_sync:
                     if micro < accum - 1:  # DDP: average gradients once, in the last micro-batch's backward
                         for wrapper in stage.ddp.values():
@@ -352,23 +331,7 @@ class Trainer:
         cm = evaluate_model(self.stage.modules["model"], self._val_reader(), self.device, cfg.data.num_classes,
                             input_size=cfg.data.val_size, mean=cfg.model.mean, std=cfg.model.std,
                             max_images=cfg.run.eval_max_images, progress=self.progress)
-        return {**summarize(cm, cfg.data.num_classes), **self.stage.eval_metrics()}
-
-
-def model_meta(cfg: Config) -> dict[str, Any]:
-    """What a checkpoint needs to be used on its own: classes, palette, architecture, input normalisation."""
-    from ..data.labels import class_names, palette
-
-    n = cfg.data.num_classes
-    return {
-        "stage": cfg.stage,
-        "num_classes": n,
-        "class_names": list(class_names(n)),
-        "palette": palette(n).tolist(),
-        "model": cfg.to_dict()["model"],
-        "input": {"range": "[0,1] RGB", "mean": list(cfg.model.mean), "std": list(cfg.model.std),
-                  "size": list(cfg.data.val_size) if cfg.data.val_size else None},
-    }
+        return {**summarize(cm, run_classes(cfg)), **self.stage.eval_metrics()}
 
 
 def _truncate_metrics(run_dir: Path, iteration: int) -> None:
@@ -382,5 +345,5 @@ def _truncate_metrics(run_dir: Path, iteration: int) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def train(cfg: Config, progress: bool = True) -> TrainResult:
-    return Trainer(cfg, progress=progress).fit()
+def train(cfg: Config, stage_factory: Callable[..., Any], progress: bool = True) -> TrainResult:
+    return Trainer(cfg, stage_factory, progress=progress).fit()

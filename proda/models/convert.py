@@ -17,10 +17,11 @@ import torch
 
 from ..config import Config, DataConfig, ModelConfig
 from ..data.labels import SUPPORTED_NUM_CLASSES
-from ..engine.checkpoint import save_checkpoint
+from ..checkpoint_io import save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from .build import build_model
-from .checkpoints import infer_architecture, load_backbone_strict, load_state_strict, read_weights
+from .meta import model_meta
+from .weights import infer_architecture, load_backbone_strict, load_state_strict, read_weights
 
 #: Seed of a backbone conversion's fresh head, so converting the same file twice gives the same checkpoint.
 HEAD_SEED = 0
@@ -62,8 +63,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, fmt: str 
         load_state_strict(model, weights.state, str(src))
     else:
         load_backbone_strict(model, weights.state, str(src))
-
-    from ..engine.trainer import model_meta  # the meta training writes; late import keeps models/ light
 
     meta = model_meta(cfg)
     meta["stage"] = "converted"
@@ -109,10 +108,10 @@ def _triple(values: Sequence[float] | None, default: tuple[float, float, float],
 
 
 def _prototype_bank_state(protos: torch.Tensor, src: str | os.PathLike) -> dict[str, Any]:
-    """The original's live prototypes as a :class:`PrototypeBank` state (what stage 1 checkpoints hold)."""
-    from ..adapt.prototypes import PrototypeBank
-
-    bank = PrototypeBank(*protos.shape)
-    bank.load_state_dict({"prototypes": protos,
-                          "provenance": {"source": os.path.abspath(src), "format": "original objective_vectors"}})
-    return bank.state_dict()
+    """The original's live prototypes [C, D] as a prototype-bank entry (``PrototypeBank.load`` reads it; a
+    class counts as seen when its row is non-zero, as for the original's bare tensor files)."""
+    protos = protos.detach().float().cpu().clone()
+    if not bool(torch.isfinite(protos).all()):
+        raise CheckpointError(f"{src}: its objective_vectors (prototypes) contain non-finite values")
+    return {"prototypes": protos,
+            "provenance": {"source": os.path.abspath(src), "format": "original objective_vectors"}}

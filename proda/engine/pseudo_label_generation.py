@@ -23,7 +23,7 @@ from ..data.transforms import image_to_tensor
 from ..errors import DataError
 from ..models.build import normalize
 from . import dist
-from .checkpoint import content_digest
+from ..checkpoint_io import content_digest
 from .inference import infer_probabilities
 
 
@@ -81,11 +81,10 @@ def format_bytes(n: float) -> str:
 
 def pseudo_label_command(checkpoint: str, cfg, soft: bool, out: str | None = None, progress: bool = True) -> Path:
     from ..data.readers import target_reader
-    from ..models.checkpoints import load_model_for_config
-    from .trainer import resolve_device
+    from ..models.weights import load_model_for_config
+    from .device import prepare_device
 
-    device = resolve_device(cfg.run.device)
-    dist.init_from_env(cfg.run.device)
+    device = prepare_device(cfg.run.device)
     model, meta = load_model_for_config(checkpoint, cfg, device)
     reader = target_reader(cfg, with_labels=False)
     first = reader[0]["image"]

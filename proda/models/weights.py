@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, _build
-from ..engine.checkpoint import load_checkpoint
+from ..checkpoint_io import load_checkpoint
 from ..errors import CheckpointError
 from .build import build_model
 from .deeplab import DeepLabV2, is_backbone_key

@@ -1,4 +1,4 @@
-"""Stage 1: online prototypical pseudo-label denoising and target structure learning (METHOD.md 2.1).
+"""Stage 1: online prototypical pseudo-label denoising and target structure learning (docs/method.md 2.1).
 
 Per iteration, on the crop/``loss_stride`` grid of each target weak crop:
 
@@ -13,28 +13,36 @@ Per iteration, on the crop/``loss_stride`` grid of each target weak crop:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, soft_labels_for_crop
-from ..data.strong import warp_to_strong
-from ..data.strong import strong_view
+from ..data.readers import source_reader, target_reader
+from ..data.strong import strong_view, warp_to_strong
 from ..data.transforms import WeakCropper, WeakGeometry, full_to_weak, image_to_tensor, label_to_tensor
+from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..engine.metrics import ConfusionMatrix
 from ..models.build import normalize, upsample
-from ..data.readers import source_reader, target_reader
-from .base import Stage, weak_view_fn
+from .base import Stage, segmentation_model, weak_view_fn
 from .ema import ema_update, init_ema
 from .losses import (
     mean_log_prob_regularizer, prototype_consistency_kl, prototype_distances, rectification_weights,
-    rectify_pseudo_labels, symmetric_cross_entropy,
+    rectified_scores, rectify_pseudo_labels, symmetric_cross_entropy,
 )
-from .prototypes import PrototypeBank, class_mean_features, gather_class_means
+from .prototypes import PrototypeBank, class_mean_features
 from .supervised import segmentation_loss
+
+#: gathers per-image class means [B,C,D] / presence [B,C] of every process in rank order (engine.dist.all_gather_rows)
+Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _no_gather(means: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return means, present
 
 
 def grid_size(crop_size: tuple[int, int], stride: int) -> tuple[int, int]:
@@ -84,30 +92,43 @@ class Stage1TargetView:
 
 class Stage1(Stage):
     name = "stage1"
+    image_keys = frozenset({"image", "strong", "full"})
 
-    def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        s1 = cfg.stage1
-        net = self.add_segmentation_model()
-        self.modules["ema"] = init_ema(net)
-        self.bank = PrototypeBank.load(s1.prototypes, map_location=device)
-        if self.bank.num_classes != cfg.data.num_classes or self.bank.dim != net.feat_channels:
-            raise ValueError(
-                f"{s1.prototypes}: prototypes are {self.bank.num_classes}x{self.bank.dim}, the model needs "
-                f"{cfg.data.num_classes}x{net.feat_channels}"
-            )
-        PseudoLabelStore.open(s1.soft_labels, kind="soft", num_classes=cfg.data.num_classes)  # fail early
-        target = target_reader(cfg, with_labels=True)
-        self.has_target_labels = target.has_labels
-        self.streams = {
-            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
-            "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
-        }
-        self.grid = grid_size(tuple(cfg.data.crop_size), s1.loss_stride)
+    def __init__(self, cfg, device: torch.device, model: torch.nn.Module, bank: PrototypeBank,
+                 streams: dict[str, AugmentedDataset] | None = None, soft_labels: PseudoLabelStore | None = None,
+                 has_target_labels: bool = False, gather: Gather = _no_gather):
+        """``bank``: the prototypes (moved on in place); ``soft_labels``: the store of P0 that the pseudo-label
+        quality measurement and the panels read (the training stream opens its own); ``gather``: how the
+        per-image class means of all processes are collected before the prototypes move."""
+        super().__init__(cfg, device, model, streams)
+        if bank.num_classes != cfg.data.num_classes or bank.dim != model.feat_channels:
+            raise ValueError(f"prototypes are {bank.num_classes}x{bank.dim}, the model needs "
+                             f"{cfg.data.num_classes}x{model.feat_channels}")
+        self.modules["ema"] = init_ema(model)
+        self.bank = bank.to(device)
+        self.soft_labels, self.has_target_labels, self.gather = soft_labels, has_target_labels, gather
+        self.grid = grid_size(tuple(cfg.data.crop_size), cfg.stage1.loss_stride)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # EMA outputs of this iteration's micro-batches
         self._pending_iteration = -1
         n = cfg.data.num_classes
         self.pl_raw, self.pl_rect = ConfusionMatrix(n, device), ConfusionMatrix(n, device)
+
+    @classmethod
+    def build(cls, cfg, device: torch.device, progress: bool = True) -> "Stage1":
+        s1 = cfg.stage1
+        model = segmentation_model(cfg)
+        bank = PrototypeBank.load(s1.prototypes, map_location=device)
+        if bank.dim != model.feat_channels or bank.num_classes != cfg.data.num_classes:
+            raise ValueError(f"{s1.prototypes}: prototypes are {bank.num_classes}x{bank.dim}, the model needs "
+                             f"{cfg.data.num_classes}x{model.feat_channels}")
+        store = PseudoLabelStore.open(s1.soft_labels, kind="soft", num_classes=cfg.data.num_classes)
+        target = target_reader(cfg, with_labels=True)
+        streams = {
+            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
+        }
+        return cls(cfg, device, model, bank, streams, soft_labels=store, has_target_labels=target.has_labels,
+                   gather=dist.all_gather_rows)
 
     @property
     def ema(self) -> torch.nn.Module:
@@ -167,7 +188,7 @@ class Stage1(Stage):
             size = (max(1, h // 4), max(1, w // 4))
             feat_full, assign = upsample(feat.float(), size), upsample(logits.float(), size).argmax(1)
             means, present = class_mean_features(feat_full, assign, self.bank.num_classes, s1.prototype_min_pixels)
-            means, present = gather_class_means(means, present)
+            means, present = self.gather(means, present)
             self.bank.momentum_update(means, present, s1.prototype_momentum)
         self._pending.clear()
         return {}
@@ -187,15 +208,10 @@ class Stage1(Stage):
     def final_metrics(self) -> dict[str, Any]:
         """Raw and rectified pseudo-label mIoU over the whole target training set, with the final EMA
         features and prototypes, at full label resolution (the stage's central claim, measured)."""
-        if not self.has_target_labels:
+        if not self.has_target_labels or self.soft_labels is None:
             return {}
-        from tqdm import tqdm
-
-        from ..engine import dist
-
-        cfg, s1 = self.cfg, self.cfg.stage1
+        cfg = self.cfg
         reader = self.streams["target"].reader
-        store = PseudoLabelStore.open(s1.soft_labels, kind="soft")
         raw, rect = ConfusionMatrix(cfg.data.num_classes, self.device), ConfusionMatrix(cfg.data.num_classes, self.device)
         self.ema.eval()
         for i in tqdm(range(dist.rank(), len(reader), dist.world_size()), desc="pseudo-label quality",
@@ -203,8 +219,7 @@ class Stage1(Stage):
             sample = reader[i]
             image = image_to_tensor(sample["image"])[None].to(self.device)
             label = torch.from_numpy(sample["label"]).long().to(self.device)[None]
-            soft = torch.from_numpy(store.read_soft(sample["name"])).float().to(self.device)[None]
-            raw_pl, rect_pl = self.pseudo_labels(image, soft, tuple(label.shape[-2:]))
+            raw_pl, rect_pl = self.pseudo_labels(image, self._soft_of(sample), tuple(label.shape[-2:]))
             raw.update(raw_pl, label)
             rect.update(rect_pl, label)
         raw.reduce_()
@@ -223,7 +238,28 @@ class Stage1(Stage):
             soft = upsample(soft, tuple(out["feat"].shape[-2:]))
         weights = rectification_weights(prototype_distances(out["feat"].float(), self.bank.prototypes),
                                         cfg.stage1.temperature)
-        return upsample(soft, size).argmax(1), upsample(weights * soft, size).argmax(1)
+        return upsample(soft, size).argmax(1), upsample(rectified_scores(soft, weights), size).argmax(1)
+
+    def _soft_of(self, sample: dict[str, Any]) -> torch.Tensor:
+        """P0 [1,C,h,w] of one target training sample, from the soft-label store."""
+        return torch.from_numpy(self.soft_labels.read_soft(sample["name"])).float().to(self.device)[None]
+
+    def panel_reader(self):
+        """Target *training* images: where the soft labels P0 live."""
+        return self.streams["target"].reader if self.soft_labels is not None and "target" in self.streams else None
+
+    def panel_maps(self, sample: dict[str, Any], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Raw (argmax P0) and rectified (argmax omega * P0) pseudo labels with the current EMA and prototypes."""
+        if self.panel_reader() is None:
+            return {}
+        ema_mode = self.ema.training
+        self.ema.eval()
+        try:
+            image = image_to_tensor(sample["image"])[None].to(self.device)
+            raw, rect = self.pseudo_labels(image, self._soft_of(sample), size)
+        finally:
+            self.ema.train(ema_mode)
+        return {"raw PL": raw[0], "rectified PL": rect[0]}
 
     def state_dict(self) -> dict[str, Any]:
         return {"prototypes": self.bank.state_dict(), "pl_raw": self.pl_raw.mat.clone(), "pl_rect": self.pl_rect.mat.clone()}
