@@ -20,7 +20,7 @@ from proda.data.pseudo_labels import (
     hard_labels_for_crop, soft_header, soft_labels_for_crop, threshold_labels,
 )
 from proda.data.pseudo_labels.codec import _decode_planes, _encode_planes
-from proda.data.transforms import WeakGeometry, sample_weak_geometry
+from proda.data.transforms import WeakGeometry, apply_weak_geometry, sample_weak_geometry
 from proda.errors import DataError
 from pseudo_label_fixtures import synthetic_prototype_weights, synthetic_soft_map
 
@@ -432,3 +432,29 @@ def test_hard_labels_for_crop_follows_the_soft_grid() -> None:
         assert clear.float().mean() > 0.5 and torch.equal(hard[clear], ids[clear])
     with pytest.raises(ValueError):
         hard_labels_for_crop(label[:, :-1], geom, (28, 16))
+
+
+def test_hard_labels_land_on_the_image_pixel_they_label() -> None:
+    """At x1.5 every third crop pixel is centred on a half-pixel tie between two source pixels. Painted with
+    their own coordinates, the carried hard label of crop pixel (x, y) names the source pixel the weak
+    view's labels take there, within half a pixel of where the image pixel was sampled."""
+    w, h = 64, 32
+    grid_x = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+    grid_y = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+    image = np.dstack([grid_x, grid_y, np.zeros_like(grid_x)])  # float32: bilinear keeps the exact position
+    label_x, label_y = grid_x.astype(np.uint8), grid_y.astype(np.uint8)
+    crop = (80, 40)
+    for flip in (False, True):
+        geom = WeakGeometry((w, h), (96, 48), (5, 3, 5 + crop[0], 3 + crop[1]), flip)
+        view, weak_x = apply_weak_geometry(geom, image, label_x)
+        _, weak_y = apply_weak_geometry(geom, image, label_y)
+        hard_x = hard_labels_for_crop(label_x, geom, crop).numpy()
+        hard_y = hard_labels_for_crop(label_y, geom, crop).numpy()
+        assert np.array_equal(hard_x, weak_x) and np.array_equal(hard_y, weak_y)
+        assert np.abs(hard_x - view[..., 0]).max() <= 0.5 + 1e-4 and np.abs(hard_y - view[..., 1]).max() <= 0.5 + 1e-4
+        ties = np.abs(view[..., 0] % 1 - 0.5) < 1e-4
+        assert ties[0].sum() >= crop[0] // 3 - 1  # the geometry does hit the ties
+        # a coarser grid takes the weak view's label nearest to each of its positions
+        rows = np.floor(np.arange(10) * (crop[1] - 1) / 9 + 0.5).astype(int)
+        cols = np.floor(np.arange(20) * (crop[0] - 1) / 19 + 0.5).astype(int)
+        assert np.array_equal(hard_labels_for_crop(label_x, geom, (20, 10)).numpy(), weak_x[np.ix_(rows, cols)])

@@ -1,6 +1,7 @@
 """Weak view geometry: maps computed on the full image land on the weak crop (full_to_weak)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -58,3 +59,21 @@ def test_weak_view_draws_within_bounds(size):
         x0, y0, x1, y1 = g.crop_box
         assert 0 <= x0 and x1 <= g.scaled_size[0] and 0 <= y0 and y1 <= g.scaled_size[1]
         assert (x1 - x0, y1 - y0) == (32, 16)
+
+
+def test_weak_labels_are_the_nearest_resize_of_the_label():
+    """Gathering only the crop gives exactly cv2.INTER_NEAREST_EXACT (= PIL NEAREST, the original's) of the
+    whole label, then cropped and flipped, over random scales, odd sizes and both flips."""
+    rng = np.random.default_rng(1)
+    flips = set()
+    for full in [(192, 96), (33, 17), (1914, 1052)]:
+        w, h = full
+        label = rng.integers(0, 256, size=(h, w)).astype(np.uint8)
+        for _ in range(20):
+            geom = sample_weak_geometry(rng, full, (24, 12), None, (0.3, 2.0), True)
+            flips.add(geom.flip)
+            _, carried = apply_weak_geometry(geom, np.zeros((h, w, 3), np.uint8), label)
+            x0, y0, x1, y1 = geom.crop_box
+            expected = cv2.resize(label, geom.scaled_size, interpolation=cv2.INTER_NEAREST_EXACT)[y0:y1, x0:x1]
+            assert np.array_equal(carried, expected[:, ::-1] if geom.flip else expected)
+    assert flips == {True, False}

@@ -60,18 +60,17 @@ def sample_weak_geometry(
 def apply_weak_geometry(
     geom: WeakGeometry, image: np.ndarray, label: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rescale (image bilinear, label nearest), crop and flip, as the original's weak augmentation."""
+    """Rescale (image bilinear, label nearest: :func:`weak_nearest_indices`), crop and flip, as the
+    original's weak augmentation."""
     sw, sh = geom.scaled_size
     x0, y0, x1, y1 = geom.crop_box
     image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
-    if label is not None:
-        label = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)[y0:y1, x0:x1]
     if geom.flip:
         image = image[:, ::-1]
-        label = label[:, ::-1] if label is not None else None
-    image = np.ascontiguousarray(image)
-    label = np.ascontiguousarray(label) if label is not None else None
-    return image, label
+    if label is not None:
+        ys, xs = weak_nearest_indices(geom, (x1 - x0, y1 - y0))  # only the crop is resampled; flip included
+        label = label[np.ix_(ys, xs)]
+    return np.ascontiguousarray(image), label
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,46 @@ def weak_sampling_grid(geoms: list[WeakGeometry], out_size: tuple[int, int]) -> 
     return torch.stack(grids)
 
 
+def weak_nearest_indices(geom: WeakGeometry, out_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 rows [out_h] and columns [out_w] of the full image that NEAREST resampling puts on the (w, h) =
+    ``out_size`` grid of the weak crop ``geom``: ``full[np.ix_(rows, cols)]`` is that crop, flip included.
+
+    At the crop size these are the pixels the weak view's own labels take: cv2.INTER_NEAREST_EXACT, which
+    reproduces the PIL resize of the original's labels (on a half-pixel tie their fixed-step arithmetic
+    decides, the lower pixel about as often as the upper), applied to the index row and column so that
+    only the crop is gathered. A coarser grid then takes the crop pixel nearest to each of its positions
+    (those of :func:`weak_sampling_grid`). grid_sample's "nearest" cannot stand in for this: it rounds
+    ties to even, which at some scales moved whole columns of labels one pixel against the image.
+    """
+    w, h = geom.full_size
+    sw, sh = geom.scaled_size
+    x0, y0, x1, y1 = geom.crop_box
+    cols = _nearest_source_pixels(w, sw)[x0:x1]
+    rows = _nearest_source_pixels(h, sh)[y0:y1]
+    if geom.flip:
+        cols = cols[::-1]
+    return rows[_nearest_positions(out_size[1], y1 - y0)], cols[_nearest_positions(out_size[0], x1 - x0)]
+
+
+def _nearest_source_pixels(full: int, scaled: int) -> np.ndarray:
+    """int64 [scaled]: the source pixel of each pixel of a ``full`` -> ``scaled`` NEAREST resize."""
+    index = np.arange(full, dtype=np.int32)[None]
+    return cv2.resize(index, (scaled, 1), interpolation=cv2.INTER_NEAREST_EXACT)[0].astype(np.int64)
+
+
+def _nearest_positions(n: int, length: int) -> np.ndarray:
+    """int64 [n]: the crop pixel nearest to each of n grid samples spanning ``length`` pixels."""
+    return np.floor(_crop_positions(n, length) + 0.5).astype(np.int64)
+
+
+def _crop_positions(n: int, length: int) -> np.ndarray:
+    """float64 [n]: crop pixel index of each of n grid samples spanning a crop of ``length`` pixels
+    (align_corners=True: the first and last samples on the first and last pixels; 0, 1, 2, ... when n == length)."""
+    return np.arange(n, dtype=np.float64) * ((length - 1) / max(n - 1, 1))
+
+
 def _crop_grid_to_full(n: int, start: int, length: int, scaled: int, full: int) -> torch.Tensor:
     """Normalised full-image coordinates (align_corners=True) of n grid samples spanning a crop."""
-    t = torch.arange(n, dtype=torch.float64) * ((length - 1) / max(n - 1, 1))  # crop pixel index
+    t = torch.from_numpy(_crop_positions(n, length))
     u = (start + t + 0.5) * full / scaled - 0.5  # full-image pixel index (cv2's half-pixel rescale)
     return u / max(full - 1, 1) * 2 - 1

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..transforms import WeakGeometry, full_to_weak, weak_sampling_grid
+from ..transforms import WeakGeometry, full_to_weak, weak_nearest_indices
 
 
 def soft_labels_for_crop(
@@ -26,14 +25,15 @@ def soft_labels_for_crop(
 def hard_labels_for_crop(label: np.ndarray | torch.Tensor, geom: WeakGeometry, out_size: tuple[int, int]) -> torch.Tensor:
     """Label ids on the (w, h) = ``out_size`` grid of the weak crop ``geom``: long [out_h, out_w].
 
-    ``label`` ([H, W], at the full image's resolution) is sampled NEAREST at exactly the positions where
-    :func:`soft_labels_for_crop` samples bilinearly, so ignore values never blend into class ids.
+    ``label`` ([H, W], at the full image's resolution) is sampled NEAREST at the positions where
+    :func:`soft_labels_for_crop` samples bilinearly, so ignore values never blend into class ids, and with
+    the rule of the weak view's own labels (:func:`~proda.data.transforms.weak_nearest_indices`), so each
+    label lands on the image pixel it was predicted for.
     """
     t = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
     if t.dim() != 2:
         raise ValueError(f"label must be [H, W], got {tuple(t.shape)}")
     if (t.shape[1], t.shape[0]) != tuple(geom.full_size):
         raise ValueError(f"label of size {(t.shape[1], t.shape[0])} for an image of size {geom.full_size}")
-    grid = weak_sampling_grid([geom], out_size).float()
-    out = F.grid_sample(t.float()[None, None], grid, mode="nearest", padding_mode="border", align_corners=True)
-    return out[0, 0].round().long()
+    rows, cols = weak_nearest_indices(geom, out_size)
+    return t[torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[None, :]].long()
