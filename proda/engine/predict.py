@@ -16,6 +16,18 @@ visualisations beside them scores as it is. Both id formats in one folder would 
 matches per image, so when *both* trainid and labelid are requested every format goes into its own
 subfolder, ``<out>/<format>/...``; score ``<out>/labelid``.
 
+Benchmark-server formats (flat folders, one file per image named ``<stem>.png``, the name the servers
+match predictions to images by; maps in the 19 Cityscapes trainIds 0..18, whatever subset of those
+classes the model predicts):
+
+* ``acdc``        -> ``labelTrainIds/<stem>.png``: 8-bit trainIds, what the ACDC server takes (zip the
+  files of ``labelTrainIds/``);
+* ``dark_zurich`` -> the three folders of the Dark Zurich server (zip ``<out>`` with them at the top):
+  ``labelTrainIds/<stem>.png`` (8-bit trainIds, scored by IoU), ``labelTrainIds_invalid/<stem>.png`` (the
+  same map with 255 where the model declares the pixel invalid, i.e. its confidence is below
+  ``invalid_threshold``, scored by uncertainty-aware IoU) and ``confidence/<stem>.png`` (16-bit, the
+  softmax maximum scaled to 0..65535).
+
 An input folder is searched recursively for .png/.jpg/.jpeg (the output folder excluded) and its
 sub-folder structure is kept under the output folder (``leftImg8bit/val`` given -> ``<out>/frankfurt/...``);
 files and glob matches are written at the top of the output folder. Two inputs that would write the same
@@ -42,7 +54,11 @@ from ..errors import ConfigError, DataError
 from .inference import (check_inference_options, check_mode_and_scales, infer_probabilities, resize_image,
                         resolve_sizes)
 
-FORMATS = ("color", "overlay", "trainid", "labelid")
+FORMATS = ("color", "overlay", "trainid", "labelid", "acdc", "dark_zurich")
+# The folders (one file per image) each benchmark-server format writes.
+SERVER_FOLDERS = {"acdc": ("labelTrainIds",), "dark_zurich": ("labelTrainIds", "labelTrainIds_invalid", "confidence")}
+CONFIDENCE_SCALE = 65535  # Dark Zurich: confidence 1.0 is the largest 16-bit value
+DEFAULT_INVALID_THRESHOLD = 0.5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # <city>_<seq>_<frame>_leftImg8bit: the scorer splits names on "_", so a city never holds one.
 CITYSCAPES_STEM = re.compile(r"^([^_]+_[^_]+_[^_]+)_leftImg8bit$")
@@ -71,10 +87,30 @@ def output_name(stem: str, fmt: str) -> str:
 
 
 def output_paths(item: InputImage, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
-    """{format: output file} of one image; each format in its own subfolder when both id formats are asked."""
+    """{output: file} of one image, keyed by format (or, for server formats, by server folder); each
+    format in its own subfolder when both id formats are asked."""
     split = "trainid" in formats and "labelid" in formats
-    return {fmt: (out_dir / fmt if split else out_dir) / item.rel.parent / output_name(item.rel.stem, fmt)
-            for fmt in formats}
+    paths = {}
+    for fmt in formats:
+        if fmt in SERVER_FOLDERS:
+            paths.update({folder: out_dir / folder / f"{item.rel.stem}.png" for folder in SERVER_FOLDERS[fmt]})
+        else:
+            paths[fmt] = (out_dir / fmt if split else out_dir) / item.rel.parent / output_name(item.rel.stem, fmt)
+    return paths
+
+
+def cityscapes_train_ids(class_names: Sequence[str]) -> np.ndarray:
+    """uint8[256]: a model's class id -> the 19-class Cityscapes trainId of the same name (255 stays 255).
+
+    The benchmark servers score Cityscapes trainIds; a model of other classes cannot be submitted.
+    """
+    unknown = [n for n in class_names if n not in labels.CLASSES_19]
+    if unknown:
+        raise ConfigError(f"the server formats write Cityscapes trainIds; this model's classes "
+                          f"{', '.join(unknown)} are not Cityscapes classes")
+    lut = np.full(256, labels.IGNORE_INDEX, dtype=np.uint8)
+    lut[: len(class_names)] = [labels.CLASSES_19.index(n) for n in class_names]
+    return lut
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,19 +187,23 @@ def predict_paths(
     device: str | torch.device = "cpu",
     progress: bool = True,
     crop_size: tuple[int, int] | None = None,
+    invalid_threshold: float = DEFAULT_INVALID_THRESHOLD,
 ) -> list[Path]:
     """Segment every input image; returns the files written (per image, in ``formats`` order).
 
     Sizes are (W, H). ``input_size``/``crop_size`` default as :func:`proda.engine.inference.resolve_sizes`
     says: whole-image inference resizes to the checkpoint's input size, sliding keeps the image's own
     resolution with the checkpoint's input size as window. Maps are always written at the image's size.
-    Consecutive images of equal size are batched (up to ``batch_size``).
+    Consecutive images of equal size are batched (up to ``batch_size``). ``invalid_threshold``: the
+    ``dark_zurich`` format marks a pixel invalid (255) where the model's confidence is below it.
     """
     from ..models.weights import load_trained_model
     from .device import resolve_device
 
     formats = _check_formats(formats)
     check_mode_and_scales(mode, scales)
+    if not 0.0 <= invalid_threshold <= 1.0:
+        raise ConfigError(f"the invalid threshold is a confidence in [0, 1], got {invalid_threshold}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     out = Path(out_dir)
@@ -176,7 +216,11 @@ def predict_paths(
     size, crop = resolve_sizes(mode, input_size, crop_size, meta["input"].get("size"))
     check_inference_options(mode, scales, crop)
     mean, std = meta["input"]["mean"], meta["input"]["std"]
-    to_label_id = labels.compact_to_cityscapes_id(num_classes)
+    # label ids exist only for a model of Cityscapes classes; colours are the model's own (its meta)
+    to_label_id = labels.compact_to_cityscapes_id(num_classes) if "labelid" in formats else None
+    classes = labels.LabelSpace(meta["class_names"], meta["palette"])
+    tables = _Tables(classes, to_label_id, invalid_threshold,
+                     cityscapes_train_ids(meta["class_names"]) if set(formats) & set(SERVER_FOLDERS) else None)
 
     written: list[Path] = []
     bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress)
@@ -185,24 +229,40 @@ def predict_paths(
         h, w = images[0].shape[:2]
         x = torch.stack([image_to_tensor(resize_image(im, size)) for im in images]).to(dev)
         prob = infer_probabilities(model, x, (h, w), mean, std, mode=mode, scales=scales, flip=flip, crop_size=crop)
-        preds = prob.argmax(1).to(torch.uint8).cpu().numpy()
-        for (item, image), pred in zip(batch, preds):
-            for fmt, path in output_paths(item, out, formats).items():
-                io.write_png(path, _render(fmt, pred, image, num_classes, to_label_id))
+        confs, preds = (t.cpu().numpy() for t in prob.max(1))
+        for (item, image), pred, conf in zip(batch, preds.astype(np.uint8), confs):
+            for kind, path in output_paths(item, out, formats).items():
+                io.write_png(path, _render(kind, pred, conf, image, tables))
                 written.append(path)
         bar.update(len(batch))
     bar.close()
     return written
 
 
-def _render(fmt: str, pred: np.ndarray, image: np.ndarray, num_classes: int, to_label_id: np.ndarray) -> np.ndarray:
-    """The array one output format stores for a map of compact ids."""
-    if fmt == "trainid":
+@dataclass(frozen=True)
+class _Tables:
+    """What turns a model's map into each output: its class count and id tables, the invalid threshold."""
+
+    classes: labels.LabelSpace  # the model's class names and colours
+    to_label_id: np.ndarray | None  # class id -> Cityscapes label id (labelid format only)
+    invalid_threshold: float
+    to_train_id: np.ndarray | None  # class id -> Cityscapes trainId (server formats only)
+
+
+def _render(kind: str, pred: np.ndarray, conf: np.ndarray, image: np.ndarray, tables: _Tables) -> np.ndarray:
+    """The array one output stores, from a map of class ids and its confidence (float, 0..1)."""
+    if kind == "trainid":
         return pred
-    if fmt == "labelid":
-        return to_label_id[pred]
-    color = labels.colorize(pred, num_classes)
-    if fmt == "color":
+    if kind == "labelid":
+        return tables.to_label_id[pred]
+    if kind == "labelTrainIds":
+        return tables.to_train_id[pred]
+    if kind == "labelTrainIds_invalid":
+        return np.where(conf < tables.invalid_threshold, labels.IGNORE_INDEX, tables.to_train_id[pred]).astype(np.uint8)
+    if kind == "confidence":
+        return np.rint(np.clip(conf, 0.0, 1.0) * CONFIDENCE_SCALE).astype(np.uint16)
+    color = tables.classes.colorize(pred)
+    if kind == "color":
         return color
     return ((image.astype(np.uint16) + color + 1) // 2).astype(np.uint8)  # overlay: 50/50, rounded
 
@@ -225,7 +285,14 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown or not chosen:
         raise ConfigError(f"output formats must be among {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
+    servers = [f for f in chosen if f in SERVER_FOLDERS]
+    if len(servers) > 1:
+        raise ConfigError(f"one benchmark-server format at a time (both write labelTrainIds/), got {', '.join(servers)}")
     return chosen
+
+
+def files_per_image(formats: Sequence[str]) -> int:
+    return sum(len(SERVER_FOLDERS.get(f, (f,))) for f in formats)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,13 +331,14 @@ def predict_command(
     crop_size: tuple[int, int] | None = None,
     batch_size: int = 1,
     progress: bool = True,
+    invalid_threshold: float = DEFAULT_INVALID_THRESHOLD,
 ) -> int:
     """CLI body of ``proda predict``; string options are parsed here. Returns the exit status."""
     fmts = _check_formats(parse_list(formats))
     written = predict_paths(checkpoint, inputs, out, fmts, mode=mode, scales=parse_scales(scales), flip=flip,
                             input_size=input_size, batch_size=batch_size, device=device, progress=progress,
-                            crop_size=crop_size)
-    n_images = len(written) // len(fmts)
+                            crop_size=crop_size, invalid_threshold=invalid_threshold)
+    n_images = len(written) // files_per_image(fmts)
     where = ", ".join(str(Path(out) / f) for f in fmts) if "trainid" in fmts and "labelid" in fmts else str(out)
     print(f"wrote {len(written)} files ({', '.join(fmts)}) for {n_images} images to {where}", file=sys.stderr)
     return 0
