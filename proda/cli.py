@@ -23,6 +23,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .data.registry import dataset_names  # the dataset table: every --dataset takes its names
+
+    datasets = list(dataset_names())
     p = argparse.ArgumentParser(prog="proda", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -40,10 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a proda checkpoint")
     src.add_argument("--predictions", help="folder of prediction PNGs (trainIds or label ids) named like the images")
-    e.add_argument("--dataset", required=True, choices=["cityscapes", "gta5", "synthia"])
+    e.add_argument("--dataset", required=True, choices=datasets)
     e.add_argument("root", help="dataset root in its official layout")
     e.add_argument("--split", default="val")
-    e.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None,
+    e.add_argument("--num-classes", type=int, default=None,
                    help="protocol (default: the checkpoint's; 19 for --predictions)")
     e.add_argument("--pred-format", choices=["auto", "trainid", "labelid"], default="auto")
     e.add_argument("--input-size", type=_size, default=None, help="network input WxH (default: the checkpoint's)")
@@ -83,16 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     c = dsub.add_parser("check", help="validate a dataset layout and print its class histogram")
-    c.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+    c.add_argument("--dataset", required=True, choices=datasets)
     c.add_argument("root")
-    c.add_argument("--split", default=None, help="Cityscapes split (default train)")
-    c.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None)
+    c.add_argument("--split", default=None, help="split (default: the dataset's first, e.g. Cityscapes train)")
+    c.add_argument("--num-classes", type=int, default=None,
+                   help="a protocol the dataset offers (19/16/13 for Cityscapes classes; default: its usual one)")
     c.add_argument("--json", help="write counts and problems as JSON")
     pc = dsub.add_parser(
         "prepare", help="write a trainId label cache and per-image class statistics (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Decode every label once (as training does; bad files are reported and left out) and write\n"
-                    "  OUT/<label path relative to ROOT>  8-bit PNGs of the 19 trainIds (255 = ignore),\n"
+                    "  OUT/<label path relative to ROOT>  8-bit PNGs of the dataset's class ids (255 = ignore),\n"
                     "  OUT/class_stats_<split>.npz       pixels per class per image (split 'all' for gta5/synthia),\n"
                     "with OUT = ROOT/proda_cache by default. Training and `proda evaluate` read ROOT/proda_cache\n"
                     "automatically when it exists (another folder: data.source_label_cache=DIR or\n"
@@ -100,11 +104,12 @@ def _parser() -> argparse.ArgumentParser:
                     "not older than its original, so edited labels are never shadowed. One cache serves every\n"
                     "protocol (19/16/13 classes). Interrupted? Run the same command again: finished images are\n"
                     "skipped. Image files are only checked for their size: `proda data check` decodes them.")
-    pc.add_argument("--dataset", required=True, choices=["gta5", "synthia", "cityscapes"])
+    pc.add_argument("--dataset", required=True, choices=datasets)
     pc.add_argument("root")
     pc.add_argument("--split", default=None, help="Cityscapes split (default train; run again with --split val)")
-    pc.add_argument("--num-classes", type=int, choices=[19, 16, 13], default=None,
-                    help="protocol of the printed class table (default 19, synthia 16); the cache holds trainIds")
+    pc.add_argument("--num-classes", type=int, default=None,
+                    help="protocol of the printed class table (default: the dataset's usual one); the cache holds "
+                         "the dataset's own classes")
     pc.add_argument("--out", default=None, help="cache folder (default ROOT/proda_cache)")
     pc.add_argument("--verify", action="store_true",
                     help="also decode every cached file and check it against its record (rewrite it if wrong)")
@@ -221,8 +226,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data" and args.data_command == "check":
         from .data.check import run_check_command
 
-        num_classes = args.num_classes or (16 if args.dataset == "synthia" else 19)
-        return run_check_command(args.dataset, args.root, args.split, num_classes, args.json)
+        return run_check_command(args.dataset, args.root, args.split, args.num_classes, args.json)
     if args.command == "data" and args.data_command == "prepare":
         from .data.prepare import run_prepare_command
 

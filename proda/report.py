@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .data.labels import class_names
 from .io import write_bytes, write_json
 
 ADAPTED = ("warmup", "stage1", "stage2", "stage3")
@@ -133,7 +132,8 @@ def per_class_table(report: dict[str, Any]) -> str:
     stages = {k: v for k, v in report["stages"].items() if "per_class_iou" in v}
     if not stages:
         return ""
-    names = list(next(iter(stages.values()))["per_class_iou"]) or list(class_names(19))
+    # the run's own classes, as its evaluations named them (any dataset of the table, not only Cityscapes)
+    names = list(dict.fromkeys(name for stage in stages.values() for name in stage["per_class_iou"]))
     lines = ["| class | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for name in names:
         cells = [stages[s]["per_class_iou"].get(name) for s in stages]

@@ -171,3 +171,49 @@ def write_cityscapes(
                 )
                 out[split][name] = raw
     return out
+
+
+# -- folder datasets (`dataset.yaml`) ---------------------------------------------------------------------
+
+FOLDER_CLASSES = ["background", "road", "lane_marking", "vehicle", "person", "vegetation"]
+FOLDER_VALUES = {0: 255, 10: 0, 20: 1, 30: 2, 40: 3, 50: 4, 60: 5}  # raw label value -> train id
+
+
+def write_folder(
+    root: str | Path,
+    splits: Iterable[str] | None = ("train", "val"),
+    n: int = 3,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    labelled: bool = True,
+    shift: int = 0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A folder dataset of the 6 :data:`FOLDER_CLASSES` with labels in raw values (:data:`FOLDER_VALUES`),
+    ``images/<split>/seq_a/<k>.jpg`` + ``labels/<split>/seq_a/<k>_mask.png`` (no split folders when
+    ``splits`` is None). Each image is its label's class colour plus ``shift`` (a domain shift) and noise, so
+    a model can learn it. Returns ``{"<split>/seq_a/<k>": raw label}``."""
+    import yaml
+
+    root = Path(root)
+    descriptor = {"classes": FOLDER_CLASSES, "images": "images", "labels": "labels" if labelled else None,
+                  "image_suffix": ".jpg", "label_suffix": "_mask.png", "label_values": FOLDER_VALUES}
+    if splits is not None:
+        descriptor["splits"] = list(splits)
+    put(root / "dataset.yaml", yaml.safe_dump(descriptor, sort_keys=False).encode())
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 200, size=(256, 3))
+    written = {}
+    for split in (splits or [None]):
+        for k in range(n):
+            raw = np.full((size[1], size[0]), 10, dtype=np.uint8)  # background, with blocks of the other values
+            for value in rng.choice(list(FOLDER_VALUES), size=4):
+                x, y = rng.integers(0, size[0] - 8), rng.integers(0, size[1] - 6)
+                raw[y:y + 6, x:x + 8] = value
+            rel = Path(*([split] if split else []), "seq_a", f"{k:04d}")
+            image = np.clip(colours[raw] + shift + rng.integers(-10, 10, raw.shape + (3,)), 0, 255).astype(np.uint8)
+            ok, jpg = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            put(root / "images" / rel.with_suffix(".jpg"), jpg.tobytes())
+            if labelled:
+                put(root / "labels" / rel.parent / f"{rel.name}_mask.png", encode_png(raw))
+            written[rel.as_posix()] = raw
+    return written

@@ -117,12 +117,19 @@ class ConfusionMatrix:
             raise ValueError(f"{len(class_names)} class names for a {self.num_classes}-class matrix")
 
 
-def summarize(cm: ConfusionMatrix, num_classes: int) -> dict[str, Any]:
-    """``cm.to_dict`` with the protocol's class names; a 16-class matrix also gets ``miou_13``."""
-    if cm.num_classes != num_classes:
-        raise ValueError(f"a {cm.num_classes}-class matrix summarised as {num_classes} classes")
-    result = cm.to_dict(labels.class_names(num_classes))
-    if num_classes == 16:
+def summarize(cm: ConfusionMatrix, classes: labels.LabelSpace | Sequence[str] | int) -> dict[str, Any]:
+    """``cm.to_dict`` with the run's class names: a LabelSpace, the names themselves, or the class count of
+    a Cityscapes protocol (19/16/13). SYNTHIA's 16 classes also get ``miou_13`` (the 13-class subset)."""
+    if isinstance(classes, labels.LabelSpace):
+        names = classes.names
+    elif isinstance(classes, int):
+        names = labels.class_names(classes)
+    else:
+        names = tuple(classes)
+    if cm.num_classes != len(names):
+        raise ValueError(f"a {cm.num_classes}-class matrix summarised with {len(names)} class names")
+    result = cm.to_dict(names)
+    if names == labels.class_names(16):
         result["miou_13"] = _none_if_nan(cm.miou_subset(labels.INDICES_13_IN_16))
     return result
 
