@@ -230,3 +230,22 @@ def test_cli_out_folder_and_config_keys(tmp_path, capsys):
     os.utime(label, ns=(0, 0))  # older than its cached copy, which readers would use
     assert target_reader(cfg()).read_label(0) is not None
     assert not check_dataset("cityscapes", data / "cityscapes", progress=False).ok
+
+
+def test_a_folder_dataset_caches_its_own_classes(tmp_path):
+    """A folder dataset's cache holds its descriptor's class ids (not Cityscapes trainIds) and its statistics
+    count those classes."""
+    from fixtures import FOLDER_CLASSES, write_folder
+
+    write_folder(tmp_path, n=3)
+    report = P.prepare_dataset("folder", tmp_path, split="val", progress=False)
+    assert report.ok and report.written == 3 and report.split == "val"
+    original = build_dataset("folder", tmp_path, split="val", label_cache=None)
+    cached = build_dataset("folder", tmp_path, split="val")
+    assert cached.label_cache is not None
+    for i in range(len(original)):
+        np.testing.assert_array_equal(cached.read_label(i), original.read_label(i))
+    stats = P.load_class_stats("folder", tmp_path, "val")
+    assert stats.classes == tuple(FOLDER_CLASSES)
+    direct = sum(np.bincount(original.read_label(i).ravel(), minlength=256)[:6] for i in range(len(original)))
+    np.testing.assert_array_equal(stats.counts_for(original.classes).sum(0), direct)
