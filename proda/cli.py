@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", required=True, choices=datasets)
     e.add_argument("root", help="dataset root in its official layout")
     e.add_argument("--split", default="val")
+    e.add_argument("--condition", default=None,
+                   help="ACDC conditions (fog,night,rain,snow; default all, one mIoU row each) or Dark Zurich "
+                        "time of day (default night)")
     e.add_argument("--num-classes", type=int, default=None,
                    help="protocol (default: the checkpoint's; 19 for --predictions)")
     e.add_argument("--pred-format", choices=["auto", "trainid", "labelid"], default="auto")
@@ -62,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--checkpoint", required=True)
     pd.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     pd.add_argument("--out", required=True)
-    pd.add_argument("--format", default="color", help="comma-separated: color,overlay,trainid,labelid")
+    pd.add_argument("--format", default="color",
+                    help="comma-separated: color,overlay,trainid,labelid, or a benchmark server's: acdc, dark_zurich")
+    pd.add_argument("--invalid-threshold", type=float, default=0.5,
+                    help="dark_zurich: pixels of lower confidence are marked invalid in labelTrainIds_invalid/")
     pd.add_argument("--mode", choices=["whole", "slide"], default="whole")
     pd.add_argument("--scales", default="1")
     pd.add_argument("--flip", action="store_true")
@@ -200,7 +206,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return predict_command(args.checkpoint, args.inputs, args.out, formats=args.format, mode=args.mode,
                                scales=args.scales, flip=args.flip, input_size=args.input_size, device=args.device,
-                               crop_size=args.crop_size, batch_size=args.batch_size, progress=not args.no_progress)
+                               crop_size=args.crop_size, batch_size=args.batch_size, progress=not args.no_progress,
+                               invalid_threshold=args.invalid_threshold)
     if args.command == "convert":
         from .models.convert import convert_command
 
@@ -268,10 +275,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         return score_predictions_command(args.predictions, args.root, args.split, args.num_classes or 19, args.json,
                                        pred_format=args.pred_format)
 
-    from .data.datasets import build_dataset
-    from .engine.inference import evaluate_model
-    from .engine.metrics import summarize
+    from .data.registry import build_dataset, dataset_class
     from .engine.device import resolve_device
+    from .engine.inference import evaluate_per_condition, format_condition_table
+    from .engine.metrics import summarize
+    from .errors import DataError
     from .models.weights import load_trained_model
 
     device = resolve_device(args.device)
@@ -279,13 +287,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     num_classes = meta["num_classes"]
     if args.num_classes is not None and args.num_classes != num_classes:
         raise ProdaError(f"{args.checkpoint}: a {num_classes}-class model cannot be scored as {args.num_classes} classes")
-    split = args.split if args.dataset == "cityscapes" else None  # GTA5/SYNTHIA are used whole
-    reader = build_dataset(args.dataset, args.root, split=split, num_classes=num_classes)
+    whole = dataset_class(args.dataset).splits(args.root) == ("all",)  # GTA5/SYNTHIA are used whole
+    reader = build_dataset(args.dataset, args.root, split=None if whole else args.split, num_classes=num_classes,
+                           subset=args.condition)
+    if not reader.has_labels:
+        raise DataError(f"{args.root}: the {args.split} split of {args.dataset} has no public labels to score against; "
+                        f"`proda predict --format {args.dataset}` writes what its benchmark server takes")
     input_size = args.input_size or (tuple(meta["input"]["size"]) if meta["input"].get("size") else None)
     scales = tuple(float(v) for v in args.scales.split(","))
-    cm = evaluate_model(model, reader, device, num_classes, input_size=input_size,
-                        mean=meta["input"]["mean"], std=meta["input"]["std"], mode=args.mode, scales=scales,
-                        flip=args.flip, crop_size=args.crop_size)
+    matrices = evaluate_per_condition(model, reader, device, num_classes, input_size=input_size,
+                                      mean=meta["input"]["mean"], std=meta["input"]["std"], mode=args.mode,
+                                      scales=scales, flip=args.flip, crop_size=args.crop_size)
+    cm = matrices["all"]
     result = summarize(cm, num_classes)
     print(cm.format_table(meta["class_names"]))
     if args.plots:
@@ -293,6 +306,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         for path in evaluation_plots(cm, meta["class_names"], args.plots):
             print(f"wrote {path}")
+    if len(matrices) > 1:  # ACDC: one row per condition, then the whole
+        images = {c: len(reader.only(c)) for c in reader.conditions} | {"all": len(reader)}
+        print(format_condition_table(matrices, images))
+        result["per_condition"] = {c: {**m.to_dict(meta["class_names"]), "num_images": images[c]}
+                                   for c, m in matrices.items() if c != "all"}
     print(f"mIoU {result['miou']:.2f}" + (f"  (13 classes: {result['miou_13']:.2f})" if "miou_13" in result else ""))
     if args.json:
         write_json(args.json, result)
