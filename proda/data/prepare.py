@@ -36,7 +36,6 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
