@@ -299,7 +299,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                       mean=meta["input"]["mean"], std=meta["input"]["std"], mode=args.mode,
                                       scales=scales, flip=args.flip, crop_size=args.crop_size)
     cm = matrices["all"]
-    result = summarize(cm, num_classes)
+    result = summarize(cm, meta["class_names"])  # the model's own classes, whatever the dataset
     print(cm.format_table(meta["class_names"]))
     if args.plots:
         from .engine.plots import evaluation_plots
