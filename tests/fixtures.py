@@ -15,6 +15,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from proda.data import labels
 from proda.data.labels import CITYSCAPES_LABELS, CITYSCAPES_MAX_ID, SYNTHIA_MAX_ID
 from proda.io import encode_palette_png, encode_png
 
@@ -217,3 +218,74 @@ def write_folder(
                 put(root / "labels" / rel.parent / f"{rel.name}_mask.png", encode_png(raw))
             written[rel.as_posix()] = raw
     return written
+
+
+# ------------------------------------------------------------------------------------- ACDC, Dark Zurich
+ACDC_SIZE = (6, 4)  # (W, H)
+ACDC_ROAD, ACDC_SKY = 7, 23  # Cityscapes label ids (trainIds 0 and 10)
+# One recording per condition, as in ACDC (sequence names are unique across the dataset)
+ACDC_SEQUENCES = {"fog": "GOPR0475", "night": "GOPR0351", "rain": "GOPR0400", "snow": "GOPR0122"}
+
+
+def half_road_half_sky(size: tuple[int, int]) -> np.ndarray:
+    raw = np.full(size[::-1], ACDC_ROAD, dtype=np.uint8)
+    raw[:, size[0] // 2:] = ACDC_SKY
+    return raw
+
+
+# Ground truth of every val image, per condition: a road-only model then scores (hand-checked below)
+# fog 100, night 25 (road 12/24, sky 0), rain 0 (road 0/24, sky 0), snow 100.
+ACDC_VAL_PATTERNS = {
+    "fog": lambda size: np.full(size[::-1], ACDC_ROAD, np.uint8),
+    "night": half_road_half_sky,
+    "rain": lambda size: np.full(size[::-1], ACDC_SKY, np.uint8),
+    "snow": lambda size: np.full(size[::-1], ACDC_ROAD, np.uint8),
+}
+
+
+def _write_scene(path: Path, raw: np.ndarray) -> None:
+    put(path, encode_png(expected_image(raw)))
+
+
+def write_acdc(root: Path, label_formats=("labelIds",), frames: int = 2, seed: int = 0,
+               size: tuple[int, int] = ACDC_SIZE) -> dict[str, np.ndarray]:
+    """ACDC's layout with every condition and split, reference images beside; returns {image stem: raw ids}."""
+    rng = np.random.default_rng(seed)
+    raws = {}
+    for condition, seq in ACDC_SEQUENCES.items():
+        for split in ("train", "val", "test"):
+            for k in range(frames):
+                name = f"{seq}_frame_{100 * ('train', 'val', 'test').index(split) + k:06d}"
+                raw = ACDC_VAL_PATTERNS[condition](size) if split == "val" else random_ids(rng, size, (0, ACDC_ROAD, 8, ACDC_SKY, 26))
+                _write_scene(root / "rgb_anon" / condition / split / seq / f"{name}_rgb_anon.png", raw)
+                _write_scene(root / "rgb_anon" / condition / f"{split}_ref" / seq / f"{name}_rgb_ref_anon.png", raw)
+                if split == "test":
+                    continue
+                raws[f"{name}_rgb_anon"] = raw
+                gt = root / "gt" / condition / split / seq
+                if "labelIds" in label_formats:
+                    put(gt / f"{name}_gt_labelIds.png", encode_png(raw))
+                if "labelTrainIds" in label_formats:
+                    put(gt / f"{name}_gt_labelTrainIds.png", encode_png(labels.cityscapes_lut(19)[raw]))
+        # a reference image left inside a split folder is not a sample either
+        _write_scene(root / "rgb_anon" / condition / "train" / seq / f"{seq}_frame_000999_ref_rgb_anon.png",
+                    np.zeros(size[::-1], np.uint8))
+    return raws
+
+
+def write_dark_zurich(root: Path, frames: int = 2, size: tuple[int, int] = ACDC_SIZE) -> dict[str, np.ndarray]:
+    """Dark Zurich's layout: unlabelled train at three times of day, labelled night val, unlabelled test."""
+    raws = {}
+    for t, time in enumerate(("day", "twilight", "night")):
+        for k in range(frames):
+            name = f"GOPR036{t}_frame_{k:06d}"
+            _write_scene(root / "rgb_anon" / "train" / time / f"GOPR036{t}" / f"{name}_rgb_anon.png",
+                        np.zeros(size[::-1], np.uint8))
+    for k in range(frames):
+        name = f"GOPR0356_frame_{k:06d}"
+        raws[f"{name}_rgb_anon"] = raw = half_road_half_sky(size)
+        _write_scene(root / "rgb_anon" / "val" / "night" / "GOPR0356" / f"{name}_rgb_anon.png", raw)
+        _write_scene(root / "rgb_anon" / "val_ref" / "day" / "GOPR0356_ref" / f"{name}_ref_rgb_anon.png", raw)
+        put(root / "gt" / "val" / "night" / "GOPR0356" / f"{name}_gt_labelIds.png", encode_png(raw))
+        _write_scene(root / "rgb_anon" / "test" / "night" / "GOPR0357" / f"GOPR0357_frame_{k:06d}_rgb_anon.png", raw)
+    return raws

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import expected_image, put, random_ids
+from fixtures import ACDC_SEQUENCES as SEQUENCES, expected_image, put, write_acdc, write_dark_zurich
 
 from proda.checkpoint_io import save_checkpoint
 from proda.cli import main
@@ -26,75 +26,7 @@ from proda.io import encode_png, read_label_ids
 from proda.models.deeplab import DeepLabV2
 from proda.models.meta import model_meta
 
-SIZE = (6, 4)  # (W, H) of every image
-ROAD, SKY = 7, 23  # Cityscapes label ids (trainIds 0 and 10)
-# One recording per condition, as in ACDC (sequence names are unique across the dataset)
-SEQUENCES = {"fog": "GOPR0475", "night": "GOPR0351", "rain": "GOPR0400", "snow": "GOPR0122"}
-
-
-def half_road_half_sky() -> np.ndarray:
-    raw = np.full(SIZE[::-1], ROAD, dtype=np.uint8)
-    raw[:, SIZE[0] // 2:] = SKY
-    return raw
-
-
-# Ground truth of every val image, per condition: a road-only model then scores (hand-checked below)
-# fog 100, night 25 (road 12/24, sky 0), rain 0 (road 0/24, sky 0), snow 100.
-VAL_PATTERNS = {
-    "fog": lambda: np.full(SIZE[::-1], ROAD, np.uint8),
-    "night": half_road_half_sky,
-    "rain": lambda: np.full(SIZE[::-1], SKY, np.uint8),
-    "snow": lambda: np.full(SIZE[::-1], ROAD, np.uint8),
-}
-
-
-def write_image(path: Path, raw: np.ndarray) -> None:
-    put(path, encode_png(expected_image(raw)))
-
-
-def write_acdc(root: Path, label_formats=("labelIds",), frames: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """ACDC's layout with every condition and split, reference images beside; returns {image stem: raw ids}."""
-    rng = np.random.default_rng(seed)
-    raws = {}
-    for condition, seq in SEQUENCES.items():
-        for split in ("train", "val", "test"):
-            for k in range(frames):
-                name = f"{seq}_frame_{100 * ('train', 'val', 'test').index(split) + k:06d}"
-                raw = VAL_PATTERNS[condition]() if split == "val" else random_ids(rng, SIZE, (0, ROAD, 8, SKY, 26))
-                write_image(root / "rgb_anon" / condition / split / seq / f"{name}_rgb_anon.png", raw)
-                write_image(root / "rgb_anon" / condition / f"{split}_ref" / seq / f"{name}_rgb_ref_anon.png", raw)
-                if split == "test":
-                    continue
-                raws[f"{name}_rgb_anon"] = raw
-                gt = root / "gt" / condition / split / seq
-                if "labelIds" in label_formats:
-                    put(gt / f"{name}_gt_labelIds.png", encode_png(raw))
-                if "labelTrainIds" in label_formats:
-                    put(gt / f"{name}_gt_labelTrainIds.png", encode_png(labels.cityscapes_lut(19)[raw]))
-        # a reference image left inside a split folder is not a sample either
-        write_image(root / "rgb_anon" / condition / "train" / seq / f"{seq}_frame_000999_ref_rgb_anon.png",
-                    np.zeros(SIZE[::-1], np.uint8))
-    return raws
-
-
-def write_dark_zurich(root: Path, frames: int = 2) -> dict[str, np.ndarray]:
-    """Dark Zurich's layout: unlabelled train at three times of day, labelled night val, unlabelled test."""
-    raws = {}
-    for t, time in enumerate(("day", "twilight", "night")):
-        for k in range(frames):
-            name = f"GOPR036{t}_frame_{k:06d}"
-            write_image(root / "rgb_anon" / "train" / time / f"GOPR036{t}" / f"{name}_rgb_anon.png",
-                        np.zeros(SIZE[::-1], np.uint8))
-    for k in range(frames):
-        name = f"GOPR0356_frame_{k:06d}"
-        raws[f"{name}_rgb_anon"] = raw = half_road_half_sky()
-        write_image(root / "rgb_anon" / "val" / "night" / "GOPR0356" / f"{name}_rgb_anon.png", raw)
-        write_image(root / "rgb_anon" / "val_ref" / "day" / "GOPR0356_ref" / f"{name}_ref_rgb_anon.png", raw)
-        put(root / "gt" / "val" / "night" / "GOPR0356" / f"{name}_gt_labelIds.png", encode_png(raw))
-        write_image(root / "rgb_anon" / "test" / "night" / "GOPR0357" / f"GOPR0357_frame_{k:06d}_rgb_anon.png", raw)
-    return raws
-
-
+SIZE = (6, 4)  # (W, H) of every image (the writers' default)
 @pytest.fixture
 def acdc(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     root = tmp_path / "ACDC"

@@ -1,4 +1,4 @@
-"""Every shipped config runs: each family's pipeline (all of its stage configs, GTA5 and SYNTHIA included) for
+"""Every shipped config runs: each family's pipeline (all of its stage configs: GTA5, SYNTHIA, ACDC, Dark Zurich) for
 two iterations per stage on fixtures written in the family's dataset layouts at a tiny size.
 
 Only sizes, run lengths and the device are overridden; dataset roots are the configs' own relative paths
@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from fixtures import write_cityscapes, write_gta5, write_synthia
+from fixtures import write_acdc, write_cityscapes, write_dark_zurich, write_gta5, write_synthia
 from proda.config import ModelConfig, load_config, resolve_config_path
 from proda.models.build import build_model
 from proda.models.deeplab import is_backbone_key
@@ -31,8 +31,10 @@ WRITERS = {
     "gta5": lambda root: write_gta5(root, n=4, size=TINY_SIZE, ids=IDS),
     "synthia": lambda root: write_synthia(root, n=4, size=TINY_SIZE, ids=SYNTHIA_IDS),
     "cityscapes": lambda root: write_cityscapes(root, per_city=2, size=TINY_SIZE, ids=IDS),
+    "acdc": lambda root: write_acdc(root, frames=1, size=TINY_SIZE),
+    "dark_zurich": lambda root: write_dark_zurich(root, frames=2, size=TINY_SIZE),
 }
-FAMILIES = ["gta5", "synthia"]
+FAMILIES = ["gta5", "synthia", "cityscapes_acdc", "cityscapes_dark_zurich"]
 
 
 def write_pretrained(folder: Path) -> None:
@@ -55,7 +57,7 @@ def test_every_config_of_the_family_runs(family, tmp_path, monkeypatch):
     data = load_config(resolve_config_path(CONFIGS / family / "source_only.yaml")).data
     monkeypatch.chdir(tmp_path)  # the configs' relative dataset and pretrained paths resolve here
     WRITERS[data.source](Path(data.source_root))
-    WRITERS["cityscapes"](Path(data.target_root))
+    WRITERS[data.target](Path(data.target_root))
     write_pretrained(tmp_path)
     report = run_pipeline(pipeline, [f"out_dir={tmp_path / 'runs'}", *TINY], progress=False)
     assert list(report["stages"]) == list(stages)
