@@ -4,7 +4,8 @@ Per iteration, on the crop/``loss_stride`` grid of each target weak crop:
 
 1. the EMA model sees the full target image; its features are carried into the weak crop (``full_to_weak``);
 2. distances to the class prototypes give rectification weights omega = softmax(-T (d - min d)), and the
-   pseudo label is argmax(omega * P0) with P0 the warm-up model's fixed soft label;
+   pseudo label is argmax(omega * P0) with P0 the warm-up model's fixed soft label (``stage1.rectify=false``:
+   argmax P0 itself, plain self-training, the ablation's baseline);
 3. the student is trained on the weak crop with symmetric cross-entropy against it, plus the
    anti-degeneration regulariser;
 4. structure learning: the EMA's prototype assignment, carried into the strong view with the exact
@@ -153,7 +154,7 @@ class Stage1(Stage):
             distances = prototype_distances(feat_weak, protos)
             weights = rectification_weights(distances, s1.temperature)
             soft = tgt["soft"].float()
-            pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold)
+            pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold) if s1.rectify else soft.argmax(1)
         if iteration != self._pending_iteration:  # outputs of a skipped (non-finite) step must not move prototypes
             self._pending.clear()
             self._pending_iteration = iteration
