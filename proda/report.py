@@ -119,13 +119,14 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def finish_report(report: dict[str, Any], out_dir: Path) -> None:
-    """Fill in derived figures and write report.json, report.md and report.png."""
+def finish_report(report: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
+    """Fill in derived figures and write report.json, report.md and (``plot``: drawing takes seconds) report.png."""
     report["gap_closed"] = gap_closed(report)
     write_json(out_dir / "report.json", report)
     text = "# proda pipeline report\n\n" + format_table(report) + "\n\n" + per_class_table(report) + "\n"
     write_bytes(out_dir / "report.md", text.encode())
-    plot_report(report, out_dir / "report.png")
+    if plot:
+        plot_report(report, out_dir / "report.png")
 
 
 def per_class_table(report: dict[str, Any]) -> str:
