@@ -17,6 +17,10 @@ The pipeline file (e.g. ``configs/synthetic/pipeline.yaml``)::
     stages: {source_only: source_only.yaml, oracle: oracle.yaml, warmup: warmup.yaml, stage1: stage1.yaml,
              stage2: stage2.yaml, stage3: stage3.yaml}              # + ssl: ssl.yaml when student_init is ssl
 
+report.json and report.md are rewritten after every step, report.png once the run ends. ``--seeds 1337,1,2``
+(:func:`run_seeds`) runs the whole pipeline once per training seed, each in ``OUT/seed_N``, and reports each
+stage's mean +- std over them in ``OUT``.
+
 The background oracle splits the CPU threads with the source-only run (same budget, so they end together;
 the pipeline waits for it there); it changes when the oracle finishes, not what it computes.
 """
@@ -32,17 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import yaml
 
 from .config import load_config, resolve_config_path
 from .errors import ConfigError, ProdaError, StalePseudoLabelsError
 from .engine import dist
-from .io import write_json
+from .io import write_bytes, write_json
 
 STEP_ORDER = ("source_only", "oracle", "warmup", "soft_labels", "stage1", "hard_labels_1", "ssl", "stage2",
               "hard_labels_2", "stage3")
 OPTIONAL = {"oracle", "ssl"}
 TRAINED = ("source_only", "oracle", "warmup", "stage1", "ssl", "stage2", "stage3")
+LABEL_STEPS = ("soft_labels", "hard_labels_1", "hard_labels_2")  # every other step trains a model
 STUDENT_INITS = ("ssl", "stage1", "config")
 
 
@@ -102,6 +108,9 @@ class Pipeline:
         self.out = spec.out_dir
         self.report: dict[str, Any] = {"pipeline": str(spec.path), "stages": {}, "pseudo_labels": {}}
 
+    def steps(self) -> list[str]:
+        return self.spec.steps()
+
     def run_dir(self, stage: str) -> Path:
         return self.out / stage
 
@@ -134,7 +143,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------------
     def run(self, start_from: str | None = None) -> dict[str, Any]:
-        steps = self.spec.steps()
+        steps = self.steps()
         if start_from is not None:
             if start_from not in steps:
                 raise ConfigError(f"--from {start_from}: not a step of this pipeline ({', '.join(steps)})")
@@ -155,14 +164,15 @@ class Pipeline:
                     print(f"\n== {step} ==", flush=True)
                 t0 = time.time()
                 self.run_step(step)
-                if step not in TRAINED:
+                if step in LABEL_STEPS:
                     self.report["pseudo_labels"].setdefault(step, {})["wall_s"] = round(time.time() - t0, 1)
                 if background is not None and step == "source_only":  # always the first step
                     background.finish()  # same budget, so both end together; later stages get every thread
-                self.write_report()
+                self.write_report(plot=False)  # the tables after every step, the figure once at the end
         finally:
             if background is not None:
                 background.stop()
+        self.write_report(plot=True)
         return self.report
 
     def clear(self, step: str) -> None:
@@ -183,7 +193,7 @@ class Pipeline:
     def run_step(self, step: str) -> None:
         from .adapt.registry import train
 
-        if step in TRAINED:
+        if step not in LABEL_STEPS:
             self.check_inputs(step)
             result = train(self.config(step), progress=self.progress)
             self.record(step, result.final, result.wall_s, result.run_dir)
@@ -261,12 +271,13 @@ class Pipeline:
             self.report["pseudo_labels"].setdefault(step, {}).update(quality)
 
     # ------------------------------------------------------------------------------------------------
-    def write_report(self) -> None:
+    def write_report(self, plot: bool = True) -> None:
+        """report.json and report.md; ``plot``: report.png too."""
         from .report import finish_report
 
         if not dist.is_main():
             return
-        finish_report(self.report, self.out)
+        finish_report(self.report, self.out, plot=plot)
 
 
 class BackgroundRun:
@@ -330,3 +341,100 @@ def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
     if hook is not None:
         hook(pipe)
     return pipe.run(start_from)
+
+
+# -------------------------------------------------------------------------------------------------- seeds
+# How much of a result is luck shows only over training seeds (DAFormer and HRDA report mean +- std of 3).
+# Each seed is a whole pipeline in OUT/seed_N; OUT/report.json and report.md put them side by side.
+
+
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"seed_{seed}"
+
+
+def refuse_seed_override(overrides: list[str] | tuple[str, ...]) -> None:
+    if any(o.startswith("run.seed=") for o in overrides):
+        raise ConfigError("run.seed=... and --seeds both set the training seed: give the seeds with --seeds only")
+
+
+def seed_overrides(overrides: list[str] | tuple[str, ...], seed: int, out_dir: Path) -> list[str]:
+    """The overrides of one seed's pipeline: its own folder below ``out_dir`` and ``run.seed``."""
+    refuse_seed_override(overrides)
+    return [*(o for o in overrides if not o.startswith("out_dir=")), f"out_dir={seed_dir(out_dir, seed)}",
+            f"run.seed={seed}"]
+
+
+def spread(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and standard deviation (numpy's: population, ddof 0) of the figures there are (None: not run yet)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None}
+    return {"mean": float(np.mean(present)), "std": float(np.std(present))}
+
+
+def seed_rows(reports: dict[int, dict[str, Any]], seeds: list[int], rows: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``{row: {"miou": [per seed, None where it has not run], "mean": m, "std": s}}`` from each seed's
+    pipeline report; ``rows`` maps a row to the stage of the report that gives its target mIoU. Rows no seed
+    has reached yet are left out."""
+    out = {}
+    for row, stage in rows.items():
+        values = [reports.get(seed, {}).get("stages", {}).get(stage, {}).get("target_miou") for seed in seeds]
+        if any(v is not None for v in values):
+            out[row] = {"miou": values, **spread(values)}
+    return out
+
+
+def format_seed_table(rows: dict[str, dict[str, Any]], seeds: list[int], label: str = "stage",
+                      extra: dict[str, dict[str, str]] | None = None) -> str:
+    """Markdown: a line per row with its mean +- std over the seeds, the ``extra`` columns ({header: {row:
+    cell}}), then each seed's figure ("-": not run yet)."""
+    extra = extra or {}
+    header = [label, "target mIoU (mean ± std)", *extra, *(f"seed {s}" for s in seeds)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [name, f"{row['mean']:.2f} ± {row['std']:.2f}", *(column.get(name, "-") for column in extra.values()),
+                 *("-" if v is None else f"{v:.2f}" for v in row["miou"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_summary(path: Path, seeds: list[int], reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Every stage's target mIoU and share of the gap closed over the seeds (report.json of ``--seeds``)."""
+    stages = list(dict.fromkeys(stage for report in reports.values() for stage in report["stages"]))
+    gaps = {}
+    for stage in dict.fromkeys(stage for report in reports.values() for stage in report.get("gap_closed", {})):
+        shares = [reports.get(seed, {}).get("gap_closed", {}).get(stage) for seed in seeds]
+        gaps[stage] = {"share": shares, **spread(shares)}
+    return {"pipeline": str(path), "seeds": list(seeds), "runs": {str(s): f"seed_{s}" for s in seeds},
+            "stages": seed_rows(reports, seeds, {s: s for s in stages}), "gap_closed": gaps}
+
+
+def format_seeds_summary(summary: dict[str, Any]) -> str:
+    gaps = {stage: f"{100 * g['mean']:.0f} ± {100 * g['std']:.0f} %" for stage, g in summary["gap_closed"].items()}
+    return format_seed_table(summary["stages"], summary["seeds"], extra={"gap closed (mean ± std)": gaps})
+
+
+def run_seeds(path: str | Path, overrides: list[str] | tuple[str, ...], seeds: list[int], start_from: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """The pipeline once per training seed (``run.seed=N``), each in ``OUT/seed_N``, then ``OUT/report.json``
+    and ``OUT/report.md``: each stage's mean +- std over the seeds and every seed's figure (each seed's own
+    report stays in its folder). One seed is the plain pipeline with that seed, in ``OUT`` itself."""
+    if len(seeds) == 1:
+        refuse_seed_override(overrides)
+        return run_pipeline(path, [*overrides, f"run.seed={seeds[0]}"], start_from, progress)
+    spec = PipelineSpec.load(path, overrides)
+    reports: dict[int, dict[str, Any]] = {}
+    summary: dict[str, Any] = {}
+    for seed in seeds:
+        if dist.is_main():
+            print(f"\n==== seed {seed} ({seed_dir(spec.out_dir, seed)}) ====", flush=True)
+        reports[seed] = run_pipeline(path, seed_overrides(overrides, seed, spec.out_dir), start_from, progress)
+        summary = seeds_summary(spec.path, seeds, reports)
+        if dist.is_main():  # after every seed, so an interrupted run still shows what finished
+            write_json(spec.out_dir / "report.json", summary)
+            text = (f"# proda pipeline report: {len(seeds)} training seeds\n\n{format_seeds_summary(summary)}\n\n"
+                    "Standard deviation over the seeds as numpy's (population); each seed's own report, with "
+                    "per-class IoU and pseudo-label quality: "
+                    + ", ".join(f"seed_{s}/report.md" for s in seeds) + ".\n")
+            write_bytes(spec.out_dir / "report.md", text.encode())
+    return summary
