@@ -8,7 +8,7 @@ hidden files) and a resumed run removes those of its run folder (:func:`remove_s
 Test hook: ``PRODA_TEST_PAUSE_IN_ATOMIC_WRITE=SECONDS`` (optionally ``PRODA_TEST_PAUSE_IN_ATOMIC_WRITE_MATCH=GLOB``,
 matched against the target's file name) makes :func:`atomic_write` announce itself on stderr and sleep after
 the temporary file is complete and before it is renamed, so that tests can kill a process in the middle of a
-checkpoint write deterministically (tests/test_kill.py). Unset, it costs one dictionary lookup.
+checkpoint write deterministically (tests/engine/test_kill.py). Unset, it costs one dictionary lookup.
 """
 from __future__ import annotations
 

@@ -42,5 +42,5 @@ torch.set_num_threads(1)
 
 
 def pytest_configure(config) -> None:
-    # Long end-to-end tests (tests/test_kill.py). They run by default (CI included); `-m "not slow"` skips them.
+    # Long end-to-end tests (tests/engine/test_kill.py). They run by default (CI included); `-m "not slow"` skips them.
     config.addinivalue_line("markers", "slow: a long end-to-end test; runs by default, deselect with -m 'not slow'")

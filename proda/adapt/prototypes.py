@@ -19,7 +19,7 @@ Rank order is batch order because the training streams (proda.engine.data) give 
 each global micro-batch (with gradient accumulation, stage 1 gathers once per micro-batch, in order). The
 per-image means are gathered rather than per-class sums and counts all-reduced: the sequential per-image
 moving average is not a function of the batch's summed statistics, so only the gathered means reproduce it
-(tests/test_distributed.py checks 2 processes against 1 to float rounding).
+(tests/engine/test_distributed.py checks 2 processes against 1 to float rounding).
 """
 from __future__ import annotations
 

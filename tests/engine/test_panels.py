@@ -19,7 +19,7 @@ from proda.engine.pseudo_label_generation import pseudo_label_command
 from proda.adapt.registry import train
 from proda.models.build import upsample
 
-CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
+CONFIGS = Path(__file__).parents[2] / "proda" / "configs" / "synthetic"
 IDS = [7, 8, 11, 21, 23, 26, 0]
 SIZE = (48, 24)  # (W, H) of every fixture image
 

@@ -41,7 +41,7 @@ from proda.engine.logger import read_metrics
 from proda.engine.trainer import Trainer
 from proda.errors import ConfigError
 
-CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
+CONFIGS = Path(__file__).parents[2] / "proda" / "configs" / "synthetic"
 IDS = [7, 8, 11, 21, 23, 26]  # Cityscapes label ids of valid classes only: no ignored pixel anywhere
 WORLD = 2
 TIMEOUT_S = 150

@@ -32,7 +32,7 @@ import yaml
 from fixtures import write_cityscapes, write_gta5
 from proda.checkpoint_io import MAGIC, load_checkpoint
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 CONFIG = REPO / "proda" / "configs" / "synthetic" / "source_only.yaml"
 IDS = [7, 8, 11, 21, 23, 26, 0]
 ITERATIONS = 16

@@ -17,7 +17,7 @@ from proda.adapt.registry import train
 from proda.engine.trainer import Trainer
 from proda.adapt.registry import build_stage
 
-CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
+CONFIGS = Path(__file__).parents[2] / "proda" / "configs" / "synthetic"
 IDS = [7, 8, 11, 21, 23, 26, 0]
 
 

@@ -132,7 +132,7 @@ def test_a_missing_descriptor_is_named(tmp_path, capsys):
 
 # -- end to end: folder source -> folder target, then predict ---------------------------------------------
 
-PIPELINE = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
+PIPELINE = Path(__file__).parents[2] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
 TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.head_mid=16", "optim.iterations=2",
         "run.eval_every=2", "warmup.disc_width=4", "run.tensorboard=false", "run.panel_every=0"]
 

@@ -16,7 +16,7 @@ from proda.data.datasets import SegmentationDataset
 from proda.data.registry import build_dataset
 from proda.errors import DataError
 
-CONFIGS = Path(__file__).parents[1] / "proda" / "configs" / "synthetic"
+CONFIGS = Path(__file__).parents[2] / "proda" / "configs" / "synthetic"
 
 
 def _write(kind: str, root: Path) -> None:

@@ -268,5 +268,5 @@ def test_shipped_configs_adapt_cityscapes_to_both() -> None:
     night_cfg = load_config("cityscapes_dark_zurich/stage3")
     assert (night_cfg.data.target, night_cfg.data.target_subset, night_cfg.data.num_classes) == ("dark_zurich", "night", 19)
     assert night_cfg.distill.teacher == "runs/cityscapes_dark_zurich/stage2/latest.pth"
-    stages = PipelineSpec.load(Path(__file__).parents[1] / "proda/configs/cityscapes_dark_zurich/pipeline.yaml").stages
+    stages = PipelineSpec.load(Path(__file__).parents[2] / "proda/configs/cityscapes_dark_zurich/pipeline.yaml").stages
     assert "oracle" not in stages  # Dark Zurich's training images have no labels

@@ -15,7 +15,7 @@ from proda.engine.trainer import Trainer
 from proda.adapt.registry import build_stage
 from proda.errors import ProdaError
 
-CONFIG = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "source_only.yaml"
+CONFIG = Path(__file__).parents[2] / "proda" / "configs" / "synthetic" / "source_only.yaml"
 
 
 @pytest.fixture(scope="module")
