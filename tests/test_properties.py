@@ -180,7 +180,7 @@ def test_reader_maps_valid_raw_ids_and_names_every_invalid_one(readers, name, ra
     dataset._read_raw_label = lambda path: raw  # the decoded file, whatever it holds
     bad = sorted(set(raw[raw > max_id].tolist()))
     if bad:
-        message = re.escape(f"unknown label values {bad} ({int((raw > max_id).sum())} pixels); valid raw ids are 0..{max_id}")
+        message = re.escape(f"unknown label values {bad} ({int((raw > max_id).sum())} pixels); valid raw values are 0..{max_id}")
         with pytest.raises(DataError, match=message):
             dataset.read_label(0)
     else:
