@@ -154,11 +154,6 @@ class ConditionDataset(SegmentationDataset):
             raise ConfigError(f"{cls.dataset_name} has no split {split!r}; expected one of {', '.join(cls.SPLITS)}")
         return with_labels and split not in cls.UNLABELLED_SPLITS
 
-    @classmethod
-    def _refuse_list_file(cls, list_file) -> None:
-        if list_file is not None:
-            raise ConfigError(f"list_file is only supported for gta5, not {cls.dataset_name}")
-
     def condition_of(self, i: int) -> str:
         return self.samples[i].condition  # type: ignore[attr-defined]
 
@@ -220,7 +215,7 @@ class ACDCDataset(ConditionDataset):
     @classmethod
     def open(cls, root, *, split, classes, size, with_labels, list_file, strict, subset=None):
         """The registry's constructor; ``subset`` is the condition selection (``data.target_subset``)."""
-        cls._refuse_list_file(list_file)
+        cls.refuse_list_file(list_file)
         return cls(root, split or "train", classes, size, with_labels, conditions=subset, strict=strict)
 
     def __init__(

@@ -42,7 +42,7 @@ class DarkZurichDataset(ConditionDataset):
     @classmethod
     def open(cls, root, *, split, classes, size, with_labels, list_file, strict, subset=None):
         """The registry's constructor; ``subset`` is the time-of-day selection (``data.target_subset``)."""
-        cls._refuse_list_file(list_file)
+        cls.refuse_list_file(list_file)
         return cls(root, split or "train", classes, size, with_labels, time_of_day=subset or "night", strict=strict)
 
     def __init__(

@@ -122,13 +122,18 @@ class SegmentationDataset:
         return cls.SPLITS
 
     @classmethod
+    def refuse_list_file(cls, list_file) -> None:
+        """A list file of image names selects GTA5 images only (``data.source_list``)."""
+        if list_file is not None:
+            raise ConfigError(f"list_file is only supported for gta5, not {cls.dataset_name}")
+
+    @classmethod
     def open(cls, root: str | os.PathLike, *, split: str | None, classes: LabelSpace,
              size: tuple[int, int] | None, with_labels: bool, list_file: str | os.PathLike | None,
              strict: bool) -> "SegmentationDataset":
         """A reader of ``split`` whose labels are ids of ``classes``; the arguments a layout lacks are refused."""
         cls._check_split(split)
-        if list_file is not None:
-            raise ConfigError(f"list_file is only supported for gta5, not {cls.dataset_name}")
+        cls.refuse_list_file(list_file)
         if not with_labels:
             raise ConfigError(f"{cls.dataset_name} is a labelled source dataset; with_labels=False is for "
                               "datasets with unlabelled splits")
@@ -425,8 +430,7 @@ class CityscapesDataset(SegmentationDataset):
 
     @classmethod
     def open(cls, root, *, split, classes, size, with_labels, list_file, strict):
-        if list_file is not None:
-            raise ConfigError(f"list_file is only supported for gta5, not {cls.dataset_name}")
+        cls.refuse_list_file(list_file)
         return cls(root, split or "train", classes, size, with_labels, strict=strict)
 
     def __init__(

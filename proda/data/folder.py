@@ -204,8 +204,7 @@ class FolderDataset(SegmentationDataset):
 
     @classmethod
     def open(cls, root, *, split, classes, size, with_labels, list_file, strict):
-        if list_file is not None:
-            raise ConfigError("list_file is only supported for gta5, not folder")
+        cls.refuse_list_file(list_file)
         return cls(root, split, classes, size, with_labels, strict=strict)
 
     def __init__(
