@@ -289,3 +289,25 @@ def write_dark_zurich(root: Path, frames: int = 2, size: tuple[int, int] = ACDC_
         put(root / "gt" / "val" / "night" / "GOPR0356" / f"{name}_gt_labelIds.png", encode_png(raw))
         _write_scene(root / "rgb_anon" / "test" / "night" / "GOPR0357" / f"GOPR0357_frame_{k:06d}_rgb_anon.png", raw)
     return raws
+
+
+# ------------------------------------------------------------------------------------- training views
+def target_views(rng: np.random.Generator, cfg, full_size: tuple[int, int], n: int = 2) -> dict:
+    """A stage's target batch made by hand: ``n`` random full images of ``full_size`` (W, H), their weak crops
+    with the recorded geometry, and strong views with their exact transforms, as the training views make them."""
+    import torch
+
+    from proda.data.strong import strong_view
+    from proda.data.transforms import WeakCropper, image_to_tensor
+
+    cropper = WeakCropper.from_config(cfg.data)
+    views: dict[str, list] = {"full": [], "image": [], "geometry": [], "strong": [], "strong_transform": []}
+    for _ in range(n):
+        image = rng.integers(0, 256, (full_size[1], full_size[0], 3), dtype=np.uint8)
+        geom, crop, _ = cropper(rng, image)
+        strong, transform = strong_view(crop, rng)
+        for key, value in (("full", image_to_tensor(image)), ("image", image_to_tensor(crop)),
+                           ("geometry", geom.to_tensor()), ("strong", image_to_tensor(strong)),
+                           ("strong_transform", transform.to_tensor())):
+            views[key].append(value)
+    return {k: torch.stack(v) for k, v in views.items()}

@@ -9,14 +9,12 @@ import pytest
 import torch
 import yaml
 
-from fixtures import write_cityscapes, write_gta5
+from fixtures import target_views, write_cityscapes, write_gta5
 from proda.ablation import ROWS, VARIANTS, run_ablation, variant_overrides
 from proda.adapt.prototypes import PrototypeBank
 from proda.adapt.stage1 import Stage1
 from proda.cli import main
 from proda.config import load_config
-from proda.data.strong import strong_view
-from proda.data.transforms import WeakCropper, image_to_tensor
 from proda.errors import ConfigError
 from proda.models.build import build_model
 
@@ -134,17 +132,7 @@ C, CROP, FULL = 19, (32, 16), (48, 24)  # classes, crop (w, h), full image (w, h
 def stage1_batch(cfg, rng: np.random.Generator) -> dict[str, dict[str, torch.Tensor]]:
     """A hand-made stage-1 batch of two images: weak crops with their geometry, strong views, full images,
     near-flat soft labels P0 (so that rectification changes most labels) and, as the 'truth', argmax P0."""
-    cropper = WeakCropper.from_config(cfg.data)
-    views: dict[str, list[torch.Tensor]] = {"full": [], "image": [], "geometry": [], "strong": [], "strong_transform": []}
-    for _ in range(2):
-        image = rng.integers(0, 256, (FULL[1], FULL[0], 3), dtype=np.uint8)
-        geom, crop, _ = cropper(rng, image)
-        strong, transform = strong_view(crop, rng)
-        for key, value in (("full", image_to_tensor(image)), ("image", image_to_tensor(crop)),
-                           ("geometry", geom.to_tensor()), ("strong", image_to_tensor(strong)),
-                           ("strong_transform", transform.to_tensor())):
-            views[key].append(value)
-    target = {k: torch.stack(v) for k, v in views.items()}
+    target = target_views(rng, cfg, FULL)
     target["soft"] = (0.01 * torch.randn(2, C, CROP[1] // 4, CROP[0] // 4)).softmax(1)
     target["label_grid"] = target["soft"].argmax(1)
     source = {"image": torch.rand(2, 3, CROP[1], CROP[0]),

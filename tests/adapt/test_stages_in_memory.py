@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fixtures import target_views
 from proda.adapt.distill import DistillStage
 from proda.adapt.prototypes import PrototypeBank
 from proda.adapt.stage1 import Stage1
 from proda.config import load_config
-from proda.data.strong import strong_view
-from proda.data.transforms import WeakCropper, image_to_tensor
 from proda.models.build import build_model
 
 C, CROP, FULL = 19, (32, 16), (48, 24)  # classes, crop (w, h), full image (w, h)
@@ -22,21 +21,6 @@ TINY = ["model.depth=18", "model.width=8", "model.head_mid=16", f"data.crop_size
 
 def tiny_cfg(name: str, *extra: str):
     return load_config(f"synthetic/{name}", [*TINY, *extra])
-
-
-def target_views(rng: np.random.Generator, cfg, n: int = 2) -> dict[str, torch.Tensor]:
-    """Full images, weak crops with their geometry, and strong views with their exact transforms."""
-    cropper = WeakCropper.from_config(cfg.data)
-    out: dict[str, list[torch.Tensor]] = {"full": [], "image": [], "geometry": [], "strong": [], "strong_transform": []}
-    for _ in range(n):
-        image = rng.integers(0, 256, (FULL[1], FULL[0], 3), dtype=np.uint8)
-        geom, crop, _ = cropper(rng, image)
-        strong, transform = strong_view(crop, rng)
-        for key, value in (("full", image_to_tensor(image)), ("image", image_to_tensor(crop)),
-                           ("geometry", geom.to_tensor()), ("strong", image_to_tensor(strong)),
-                           ("strong_transform", transform.to_tensor())):
-            out[key].append(value)
-    return {k: torch.stack(v) for k, v in out.items()}
 
 
 def source_batch(rng: np.random.Generator, n: int = 2) -> dict[str, torch.Tensor]:
@@ -60,7 +44,7 @@ def test_stage1_from_tensors_takes_a_step_and_moves_its_prototypes():
 
     stage = Stage1(cfg, torch.device("cpu"), model, bank, gather=gather)
     assert stage.streams == {} and "ema" in stage.modules
-    tgt = target_views(rng, cfg)
+    tgt = target_views(rng, cfg, FULL)
     gw, gh = CROP[0] // 4, CROP[1] // 4
     tgt["soft"] = torch.rand(2, C, gh, gw).softmax(1)
     batch = {"source": source_batch(rng), "target": tgt}
@@ -86,7 +70,7 @@ def test_distill_stage_from_modules_takes_a_step():
     model, teacher = build_model(cfg.model, C), build_model(cfg.model, C)
     stage = DistillStage(cfg, torch.device("cpu"), model, teacher, ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), keep_above=0.95)
     assert all(not p.requires_grad for p in stage.teacher.parameters()) and not stage.teacher.training
-    tgt = target_views(rng, cfg)
+    tgt = target_views(rng, cfg, FULL)
     gw, gh = CROP[0] // 4, CROP[1] // 4
     tgt["pseudo_weak"] = torch.from_numpy(rng.integers(0, C, (2, gh, gw))).long()
     batch = {"source": source_batch(rng), "target": tgt}
