@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-source", type=int, default=None)
     s.add_argument("--n-target", type=int, default=None)
     s.add_argument("--n-val", type=int, default=None)
+    s.add_argument("--gap", type=float, default=None,
+                   help="share of the target's appearance change, 0..1 (default: the calibrated benchmark's)")
 
     pr = sub.add_parser("prototypes", help="class prototypes of a trained model over the target training set")
     pr.add_argument("--checkpoint", required=True, help="the warm-up checkpoint")
@@ -276,7 +278,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .data.synthetic import write_benchmark
 
         kwargs = {k: v for k, v in {"size": args.size, "n_source": args.n_source, "n_target": args.n_target,
-                                    "n_val": args.n_val}.items() if v is not None}
+                                    "n_val": args.n_val, "gap": args.gap}.items() if v is not None}
         write_benchmark(args.out, seed=args.seed, **kwargs)
         print(f"wrote {Path(args.out) / 'gta5'} and {Path(args.out) / 'cityscapes'}")
         return 0

@@ -259,3 +259,44 @@ def test_instances_vary_in_colour(sample) -> None:
 def test_style_is_frozen() -> None:
     with pytest.raises(Exception):
         S.TARGET_STYLE.noise = 1.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------- the gap knob
+def test_gap_blends_only_the_appearance() -> None:
+    assert S.target_style_at(1.0) is S.TARGET_STYLE
+    half, none = S.target_style_at(0.5), S.target_style_at(0.0)
+    for name in ("noise", "saturation", "illumination", "paving", "shadows"):
+        src, tgt = getattr(S.SOURCE_STYLE, name), getattr(S.TARGET_STYLE, name)
+        assert getattr(none, name) == src
+        assert getattr(half, name) == pytest.approx((src + tgt) / 2)
+    assert half.gamma == pytest.approx(((1.0 + 0.86) / 2, (1.0 + 1.2) / 2))
+    road = {c[0]: c[1:] for c in half.class_shift}[S.styles.ROAD]
+    assert road == pytest.approx((1.04, 1.03, 1.015, 0.85))  # the source has no shift: gains 1
+    assert all(c[1:] == (1.0, 1.0, 1.0, 1.0) for c in none.class_shift)
+    assert none.edge_soften is S.SOURCE_STYLE.edge_soften and half.edge_soften is S.TARGET_STYLE.edge_soften
+    for name in ("horizon", "focal", "lanes", "persons", "bicycles", "max_depth"):  # content stays the target's
+        assert getattr(none, name) == getattr(S.TARGET_STYLE, name)
+    with pytest.raises(ValueError, match="gap"):
+        S.target_style_at(1.5)
+
+
+def test_smaller_gap_brings_the_target_look_closer(tmp_path: Path) -> None:
+    def colour_shift(style) -> float:  # mean colour of each class, source vs target, averaged over classes
+        src = [S.render_scene(0, "source", i) for i in range(12)]
+        tgt = [S.render_scene(0, "target_train", i, target_style=style) for i in range(12)]
+        shifts = []
+        for train_id in (0, 1, 2, 8, 10):  # road, sidewalk, building, vegetation, sky
+            a, b = _class_pixels(src, train_id), _class_pixels(tgt, train_id)
+            shifts.append(np.linalg.norm(a.mean(0) - b.mean(0)))
+        return float(np.mean(shifts))
+
+    full, half, none = (colour_shift(S.target_style_at(g)) for g in (1.0, 0.5, 0.0))
+    assert none < half < full
+
+
+def test_gap_is_recorded_and_rewrites(tmp_path: Path) -> None:
+    meta = _write(tmp_path, gap=0.5)
+    assert meta["gap"] == 0.5 and json.loads((tmp_path / "meta.json").read_text())["gap"] == 0.5
+    assert _write(tmp_path, gap=0.5)["skipped"]
+    assert not _write(tmp_path, gap=0.6)["skipped"]
+    assert _write(tmp_path)["gap"] == S.DEFAULT_GAP

@@ -17,7 +17,8 @@ self-training on confident pseudo labels, prototype denoising and photometric-au
 recover much of the gap; photometric augmentation alone recovers only part of it (the materials and the
 object mix need target data). Every knob lives in :class:`DomainStyle` (:data:`SOURCE_STYLE`,
 :data:`TARGET_STYLE`); ``dataclasses.replace(TARGET_STYLE, ...)`` gives a variant, and ``write_benchmark``
-records both styles in ``meta.json``.
+records both styles in ``meta.json``. ``gap`` (0..1, :func:`target_style_at`) scales the appearance change
+between the domains; :data:`DEFAULT_GAP` is the calibrated default.
 
 Files use the official layouts (see ``docs/datasets.md``), so the real readers load them unchanged:
 
@@ -41,7 +42,9 @@ The modules, in the order an image is made: :mod:`.styles` (label ids, domain st
 :mod:`.writer` (the benchmark's files).
 """
 from .render import DEFAULT_SIZE, GENERATOR_VERSION, image_rng, render_scene
-from .styles import LABEL_PALETTE, SOURCE_STYLE, TARGET_STYLE, DomainStyle, style_for
+from .styles import (
+    DEFAULT_GAP, GAP_FIELDS, LABEL_PALETTE, SOURCE_STYLE, TARGET_STYLE, DomainStyle, style_for, target_style_at,
+)
 from .styles import EGO, STATIC  # noqa: F401  (the ignored ids the tests look for; every id lives in .styles)
 from .writer import (
     DEFAULT_N_SOURCE, DEFAULT_N_TARGET, DEFAULT_N_VAL, TRAIN_CITIES, VAL_CITIES, benchmark_files, benchmark_meta,
@@ -49,7 +52,9 @@ from .writer import (
 )
 
 __all__ = [
-    "DEFAULT_N_SOURCE", "DEFAULT_N_TARGET", "DEFAULT_N_VAL", "DEFAULT_SIZE", "DomainStyle", "GENERATOR_VERSION",
+    "DEFAULT_GAP", "DEFAULT_N_SOURCE", "DEFAULT_N_TARGET", "DEFAULT_N_VAL", "DEFAULT_SIZE", "DomainStyle", "GAP_FIELDS",
+    "GENERATOR_VERSION",
     "LABEL_PALETTE", "SOURCE_STYLE", "TARGET_STYLE", "TRAIN_CITIES", "VAL_CITIES", "benchmark_files", "benchmark_meta",
-    "cityscapes_stem", "gta5_name", "image_rng", "render_scene", "style_for", "write_benchmark",
+    "cityscapes_stem", "gta5_name", "image_rng", "render_scene", "style_for", "target_style_at",
+    "write_benchmark",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...io import write_bytes, write_json, write_palette_png, write_png
 from .render import DEFAULT_SIZE, GENERATOR_VERSION, _check_size, render_scene
-from .styles import LABEL_PALETTE, SOURCE_STYLE, TARGET_STYLE, DomainStyle
+from .styles import DEFAULT_GAP, LABEL_PALETTE, SOURCE_STYLE, TARGET_STYLE, DomainStyle, target_style_at
 
 DEFAULT_N_SOURCE = 500
 DEFAULT_N_TARGET = 500
@@ -54,7 +54,7 @@ def benchmark_files(out: str | Path, n_source: int, n_target: int, n_val: int) -
 
 def benchmark_meta(seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, n_source: int = DEFAULT_N_SOURCE,
                    n_target: int = DEFAULT_N_TARGET, n_val: int = DEFAULT_N_VAL, source_style: DomainStyle = SOURCE_STYLE,
-                   target_style: DomainStyle = TARGET_STYLE) -> dict[str, Any]:
+                   target_style: DomainStyle = TARGET_STYLE, gap: float = 1.0) -> dict[str, Any]:
     """The content of ``meta.json``: everything the files depend on (plus where they are)."""
     width, height = _check_size(size)
     return {
@@ -68,6 +68,7 @@ def benchmark_meta(seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, n_source
         "source": {"dataset": "gta5", "root": "gta5"},
         "target": {"dataset": "cityscapes", "root": "cityscapes", "train_cities": list(TRAIN_CITIES),
                    "val_cities": list(VAL_CITIES)},
+        "gap": float(gap),  # the share of the appearance change that target_style carries (styles.target_style_at)
         "styles": {"source": _jsonable(asdict(source_style)), "target": _jsonable(asdict(target_style))},
     }
 
@@ -154,6 +155,7 @@ def write_benchmark(
     source_style: DomainStyle = SOURCE_STYLE,
     target_style: DomainStyle = TARGET_STYLE,
     workers: int | None = None,
+    gap: float = DEFAULT_GAP,
 ) -> dict[str, Any]:
     """Write the benchmark under ``out`` (see the module docstring for the layout); return its meta data.
 
@@ -165,6 +167,9 @@ def write_benchmark(
     ``workers`` processes render in parallel (default: 2 when there are at least 200 images, else 1); the
     files do not depend on it. Each process writes through a small thread pool, since every write is an
     fsync-ed atomic replace and mostly waits on the disk.
+
+    ``gap`` (0..1) is the share of ``target_style``'s appearance change that the target images get
+    (:func:`~.styles.target_style_at`); the default is the calibrated benchmark's.
     """
     out = Path(out)
     for name, n in (("n_source", n_source), ("n_target", n_target), ("n_val", n_val)):
@@ -172,7 +177,8 @@ def write_benchmark(
             raise ValueError(f"{name} must be >= 0, got {n}")
     if int(n_source) > 99999:
         raise ValueError(f"n_source must be <= 99999 (5-digit GTA5 names), got {n_source}")
-    meta = benchmark_meta(seed, size, n_source, n_target, n_val, source_style, target_style)
+    target_style = target_style_at(gap, source_style, target_style)
+    meta = benchmark_meta(seed, size, n_source, n_target, n_val, source_style, target_style, gap)
     meta_path = out / "meta.json"
     if meta_path.is_file() and _read_meta(meta_path) == meta:
         return {**meta, "skipped": True, "seconds": 0.0}
