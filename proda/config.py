@@ -63,6 +63,14 @@ class DataConfig:
     # (e.g. the prepare --out of a read-only dataset), or null to read the original labels only
     source_label_cache: Optional[str] = "auto"
     target_label_cache: Optional[str] = "auto"
+    # How the streams that train on labels (the supervised stage's; the source stream of warmup, stage1,
+    # distill) pick images: "images" = each equally often (ProDA); "classes" = class-aware (rare-class)
+    # sampling: a class drawn first, then an image showing it (statistics of `proda data prepare`, or
+    # counted from the labels at start-up). Never the unlabelled target streams.
+    class_sampling: Literal["images", "classes"] = "images"
+    # "classes" only: null = each class present equally likely; a number T = DAFormer's rare-class
+    # sampling, p_c ~ exp((1 - f_c) / T) with f_c the class's share of labelled pixels (DAFormer: 0.01)
+    class_sampling_temperature: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -468,6 +476,8 @@ def validate(cfg: Config) -> None:
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(all(v > 0 for v in d.crop_size), "data.crop_size", f"must be positive, got {list(d.crop_size)}")
     need(0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range", f"must be 0 < low <= high, got {list(d.scale_range)}")
+    t = d.class_sampling_temperature
+    need(t is None or t > 0, "data.class_sampling_temperature", f"must be positive (or null: classes drawn uniformly), got {t}")
     for key in ("source_size", "target_size", "val_size"):
         size = getattr(d, key)
         need(size is None or all(v > 0 for v in size), f"data.{key}", f"must be positive, got {size}")

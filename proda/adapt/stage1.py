@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, soft_labels_for_crop
-from ..data.readers import source_reader, target_reader
+from ..data.readers import labelled_sampling_weights, source_reader, target_reader
 from ..data.strong import strong_view, warp_to_strong
 from ..data.transforms import WeakCropper, WeakGeometry, full_to_weak, image_to_tensor, label_to_tensor
 from ..engine import dist
@@ -124,8 +124,10 @@ class Stage1(Stage):
                              f"{cfg.data.num_classes}x{model.feat_channels}")
         store = PseudoLabelStore.open(s1.soft_labels, kind="soft", num_classes=cfg.data.num_classes)
         target = target_reader(cfg, with_labels=True)
+        source = source_reader(cfg)
+        weights = labelled_sampling_weights(cfg, source, "source", progress=progress and dist.is_main())
         streams = {
-            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "source": AugmentedDataset(source, weak_view_fn(cfg), weights),
             "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
         }
         return cls(cfg, device, model, bank, streams, soft_labels=store, has_target_labels=target.has_labels,

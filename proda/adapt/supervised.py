@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
-from ..data.readers import source_reader, target_reader
+from ..data.readers import labelled_sampling_weights, source_reader, target_reader
+from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from .base import Stage, segmentation_model, weak_view_fn
@@ -37,7 +38,8 @@ class SupervisedStage(Stage):
         model = segmentation_model(cfg)
         domain = cfg.supervised.domain
         reader = source_reader(cfg) if domain == "source" else target_reader(cfg, with_labels=True)
-        return cls(cfg, device, model, {domain: AugmentedDataset(reader, weak_view_fn(cfg))})
+        weights = labelled_sampling_weights(cfg, reader, domain, progress=progress and dist.is_main())
+        return cls(cfg, device, model, {domain: AugmentedDataset(reader, weak_view_fn(cfg), weights)})
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         data = batch[self.domain]

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..data.readers import source_reader, target_reader
+from ..data.readers import labelled_sampling_weights, source_reader, target_reader
+from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from ..models.discriminator import FCDiscriminator
@@ -54,8 +55,10 @@ class WarmupStage(Stage):
     @classmethod
     def build(cls, cfg, device: torch.device, progress: bool = True) -> "WarmupStage":
         model = segmentation_model(cfg)
+        source = source_reader(cfg)
+        weights = labelled_sampling_weights(cfg, source, "source", progress=progress and dist.is_main())
         return cls(cfg, device, model, {
-            "source": AugmentedDataset(source_reader(cfg), weak_view_fn(cfg)),
+            "source": AugmentedDataset(source, weak_view_fn(cfg), weights),
             "target": AugmentedDataset(target_reader(cfg, with_labels=False), weak_view_fn(cfg, with_label=False)),
         })
 

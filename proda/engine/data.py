@@ -2,8 +2,10 @@
 
 Every training sample is addressed by its position in an endless stream: position p belongs to epoch
 p // n, whose order is a permutation seeded by (seed, epoch), and its augmentation is seeded by
-(seed, p). Iteration i of a run with world size W, per-process batch B and k accumulation steps consumes
-positions [i*W*B*k, (i+1)*W*B*k); process r takes its own B-slice of each micro-batch. Hence:
+(seed, p). A dataset with sampling ``weights`` (class-aware sampling, :mod:`proda.data.readers`) draws
+position p's index with those probabilities instead, from a generator seeded by (seed, p): still a function
+of the position alone. Iteration i of a run with world size W, per-process batch B and k accumulation steps
+consumes positions [i*W*B*k, (i+1)*W*B*k); process r takes its own B-slice of each micro-batch. Hence:
 
 * resuming at iteration i only needs i (no sampler or worker state): the stream restarts at the same place;
 * the result does not depend on the number of DataLoader workers;
@@ -46,9 +48,25 @@ class _EpochPermutations:
         return int(perm[offset])
 
 
+class _WeightedDraws:
+    """Maps a stream position to a dataset index drawn with probabilities ``weights`` (with replacement):
+    inverse CDF of one uniform number from a generator seeded by (seed, position), so a function of the
+    position alone, like :class:`_EpochPermutations`. An index of weight 0 is never drawn."""
+
+    def __init__(self, weights: np.ndarray, seed: int):
+        cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+        self.cdf = cdf / cdf[-1]  # the last value is exactly 1.0, so a draw in [0, 1) always finds an index
+        self.seed = seed
+
+    def index(self, position: int) -> int:
+        u = np.random.default_rng([self.seed, position, 0xC1A55]).random()
+        return int(np.searchsorted(self.cdf, u, side="right"))  # first i with cdf[i] > u: weight_i > 0
+
+
 class _StreamBatches(torch.utils.data.Sampler):
-    def __init__(self, n: int, seed: int, batch_size: int, start_step: int, rank: int, world_size: int):
-        self.perms = _EpochPermutations(n, seed)
+    def __init__(self, n: int, seed: int, batch_size: int, start_step: int, rank: int, world_size: int,
+                 weights: np.ndarray | None = None):
+        self.perms = _EpochPermutations(n, seed) if weights is None else _WeightedDraws(weights, seed)
         self.seed, self.batch_size, self.start_step = seed, batch_size, start_step
         self.rank, self.world_size = rank, world_size
 
@@ -65,10 +83,16 @@ def sample_seed(seed: int, position: int) -> int:
 
 
 class AugmentedDataset(Dataset):
-    """Wraps a reader and a view function ``view(sample, rng) -> dict``; indexed by (index, seed)."""
+    """Wraps a reader and a view function ``view(sample, rng) -> dict``; indexed by (index, seed).
 
-    def __init__(self, reader: Dataset, view: Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]):
+    ``weights``: None (every image once per epoch of the stream), or float64 [N] sampling probabilities
+    (non-negative, normalised here to sum to 1) that the stream of :func:`training_loader` draws images with.
+    """
+
+    def __init__(self, reader: Dataset, view: Callable[[dict[str, Any], np.random.Generator], dict[str, Any]],
+                 weights: np.ndarray | None = None):
         self.reader, self.view = reader, view
+        self.weights = None if weights is None else _check_weights(weights, len(reader))
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -76,6 +100,15 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
         return self.view(self.reader[index], np.random.default_rng(seed))
+
+
+def _check_weights(weights, n: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sampling weights must have one value per sample ({n}), got shape {w.shape}")
+    if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError("sampling weights must be finite, non-negative and not all zero")
+    return w / w.sum()
 
 
 def training_loader(
@@ -88,8 +121,10 @@ def training_loader(
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Endless iterator of collated micro-batches starting at micro-step ``start_step``."""
-    sampler = _StreamBatches(len(dataset), seed, batch_size, start_step, rank, world_size)
+    """Endless iterator of collated micro-batches starting at micro-step ``start_step``; images are drawn by
+    ``dataset.weights`` when it has them."""
+    sampler = _StreamBatches(len(dataset), seed, batch_size, start_step, rank, world_size,
+                             getattr(dataset, "weights", None))
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
