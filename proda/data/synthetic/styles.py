@@ -224,7 +224,7 @@ GAP_FIELDS = (
 #: The gap of the default benchmark (``proda synth``, ``proda demo``): the share of the target's appearance
 #: change that is applied. Calibrated so that source-only / oracle is about 0.55, the ratio of DeepLab-v2 on
 #: GTA5 -> Cityscapes (README, "Calibrating the benchmark").
-DEFAULT_GAP = 1.0
+DEFAULT_GAP = 0.9
 
 
 def _blend(source, target, gap: float):
