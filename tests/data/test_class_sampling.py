@@ -66,7 +66,8 @@ def test_a_rare_class_raises_its_images_weight(tmp_path):
         assert weights[2] > weights[0] == weights[1] == weights[3]
         if temperature == "null":  # road, sky, person each 1/3, then one of the 4, 4, 1 images showing it
             np.testing.assert_allclose(weights, [1 / 6, 1 / 6, 1 / 2, 1 / 6])
-    assert labelled_sampling_weights(make_cfg(tmp_path), source_reader(cfg), "source") is None  # images: off
+    off = make_cfg(tmp_path, "data.class_sampling=images")
+    assert labelled_sampling_weights(off, source_reader(off), "source") is None  # images: off
 
 
 def test_stale_or_partial_statistics_are_recounted(tmp_path, capsys):
@@ -94,7 +95,8 @@ def test_stale_or_partial_statistics_are_recounted(tmp_path, capsys):
 def test_class_sampling_config(tmp_path, config):
     cfg = make_cfg(tmp_path, "data.class_sampling=classes", "data.class_sampling_temperature=0.01", config=config)
     assert (cfg.data.class_sampling, cfg.data.class_sampling_temperature) == ("classes", 0.01)
-    assert make_cfg(tmp_path, config=config).data.class_sampling == "images"  # off unless asked for
+    assert make_cfg(tmp_path, config=config).data.class_sampling == "classes"  # the synthetic configs turn it on
+    assert load_config(f"gta5/{config}").data.class_sampling == "images"  # the paper configs read every image once
     for bad in ("0", "-0.5"):
         with pytest.raises(ConfigError, match="data.class_sampling_temperature: must be positive"):
             make_cfg(tmp_path, "data.class_sampling=classes", f"data.class_sampling_temperature={bad}")
