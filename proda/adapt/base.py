@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.readers import labelled_sampling_weights, source_reader, target_reader
 from ..data.transforms import WeakCropper, image_to_tensor, label_to_tensor
+from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..models.build import build_model
 from ..models.weights import initialize_model
@@ -119,6 +121,14 @@ class Stage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def labelled_stream(cfg, domain: str = "source", progress: bool = True) -> AugmentedDataset:
+    """The weak-view stream of the labelled ``domain`` ("source", or "target" for the oracle), its images drawn
+    by ``data.class_sampling`` (class-aware weights computed here, printed on the main process only)."""
+    reader = source_reader(cfg) if domain == "source" else target_reader(cfg, with_labels=True)
+    weights = labelled_sampling_weights(cfg, reader, domain, progress=progress and dist.is_main())
+    return AugmentedDataset(reader, weak_view_fn(cfg), weights)
 
 
 def weak_view_fn(cfg, with_label: bool = True):

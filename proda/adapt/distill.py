@@ -15,7 +15,7 @@ import torch
 
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, hard_labels_for_crop, threshold_labels
-from ..data.readers import labelled_sampling_weights, source_reader, target_reader
+from ..data.readers import target_reader
 from ..data.strong import labels_to_strong, strong_view
 from ..data.transforms import WeakCropper, image_to_tensor
 from ..engine import dist
@@ -23,7 +23,7 @@ from ..engine.data import AugmentedDataset
 from ..engine.pseudo_label_generation import selection_thresholds
 from ..models.build import normalize, upsample
 from ..models.weights import load_model_for_config
-from .base import Stage, segmentation_model, weak_view_fn
+from .base import Stage, labelled_stream, segmentation_model
 from .stage1 import grid_size
 from .losses import distillation_kl
 from .supervised import segmentation_loss
@@ -87,10 +87,8 @@ class DistillStage(Stage):
             shown = " ".join(f"{t:.3f}" for t in keep_above)
             print(f"pseudo labels kept per class above (confidence > {k.threshold} or the top "
                   f"{100 * k.class_keep:.0f}% of the class): {shown}")
-        source = source_reader(cfg)
-        weights = labelled_sampling_weights(cfg, source, "source", progress=progress and dist.is_main())
         streams = {
-            "source": AugmentedDataset(source, weak_view_fn(cfg), weights),
+            "source": labelled_stream(cfg, "source", progress),
             "target": AugmentedDataset(target, DistillTargetView(cfg, keep_above)),
         }
         return cls(cfg, device, model, teacher, (meta["input"]["mean"], meta["input"]["std"]), keep_above, streams)

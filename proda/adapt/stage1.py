@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from ..data.labels import IGNORE_INDEX
 from ..data.pseudo_labels import PseudoLabelStore, soft_labels_for_crop
-from ..data.readers import labelled_sampling_weights, source_reader, target_reader
+from ..data.readers import target_reader
 from ..data.strong import strong_view, warp_to_strong
 from ..data.transforms import WeakCropper, WeakGeometry, full_to_weak, image_to_tensor, label_to_tensor
 from ..engine import dist
 from ..engine.data import AugmentedDataset
 from ..engine.metrics import ConfusionMatrix
 from ..models.build import normalize, upsample
-from .base import Stage, segmentation_model, weak_view_fn
+from .base import Stage, labelled_stream, segmentation_model
 from .ema import ema_update, init_ema
 from .losses import (
     mean_log_prob_regularizer, prototype_consistency_kl, prototype_distances, rectification_weights,
@@ -124,10 +124,8 @@ class Stage1(Stage):
                              f"{cfg.data.num_classes}x{model.feat_channels}")
         store = PseudoLabelStore.open(s1.soft_labels, kind="soft", num_classes=cfg.data.num_classes)
         target = target_reader(cfg, with_labels=True)
-        source = source_reader(cfg)
-        weights = labelled_sampling_weights(cfg, source, "source", progress=progress and dist.is_main())
         streams = {
-            "source": AugmentedDataset(source, weak_view_fn(cfg), weights),
+            "source": labelled_stream(cfg, "source", progress),
             "target": AugmentedDataset(target, Stage1TargetView(cfg, s1.soft_labels)),
         }
         return cls(cfg, device, model, bank, streams, soft_labels=store, has_target_labels=target.has_labels,

@@ -11,11 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
-from ..data.readers import labelled_sampling_weights, source_reader, target_reader
-from ..engine import dist
-from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
-from .base import Stage, segmentation_model, weak_view_fn
+from .base import Stage, labelled_stream, segmentation_model
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,9 +34,7 @@ class SupervisedStage(Stage):
     def build(cls, cfg, device: torch.device, progress: bool = True) -> "SupervisedStage":
         model = segmentation_model(cfg)
         domain = cfg.supervised.domain
-        reader = source_reader(cfg) if domain == "source" else target_reader(cfg, with_labels=True)
-        weights = labelled_sampling_weights(cfg, reader, domain, progress=progress and dist.is_main())
-        return cls(cfg, device, model, {domain: AugmentedDataset(reader, weak_view_fn(cfg), weights)})
+        return cls(cfg, device, model, {domain: labelled_stream(cfg, domain, progress)})
 
     def step(self, batch: dict[str, dict[str, Any]], iteration: int) -> dict[str, torch.Tensor]:
         data = batch[self.domain]

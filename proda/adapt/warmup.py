@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..data.readers import labelled_sampling_weights, source_reader, target_reader
-from ..engine import dist
+from ..data.readers import target_reader
 from ..engine.data import AugmentedDataset
 from ..models.build import normalize, upsample
 from ..models.discriminator import FCDiscriminator
-from .base import Stage, segmentation_model, weak_view_fn
+from .base import Stage, labelled_stream, segmentation_model, weak_view_fn
 from .supervised import segmentation_loss
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
@@ -55,10 +54,8 @@ class WarmupStage(Stage):
     @classmethod
     def build(cls, cfg, device: torch.device, progress: bool = True) -> "WarmupStage":
         model = segmentation_model(cfg)
-        source = source_reader(cfg)
-        weights = labelled_sampling_weights(cfg, source, "source", progress=progress and dist.is_main())
         return cls(cfg, device, model, {
-            "source": AugmentedDataset(source, weak_view_fn(cfg), weights),
+            "source": labelled_stream(cfg, "source", progress),
             "target": AugmentedDataset(target_reader(cfg, with_labels=False), weak_view_fn(cfg, with_label=False)),
         })
 
