@@ -289,7 +289,7 @@ def _prepare_one(reader, cache: LabelCache, i: int, verify: bool) -> tuple[dict[
     return record, True, []
 
 
-def _in_order(fn, n: int, workers: int) -> Iterator[Any]:
+def in_order(fn, n: int, workers: int) -> Iterator[Any]:
     """``fn(0), ..., fn(n-1)`` computed by ``workers`` threads (PNG coding releases the GIL), yielded in order.
 
     At most ``2 * workers`` calls run ahead, so an interrupt (Ctrl-C, an error) stops the work within a few
@@ -336,7 +336,7 @@ def prepare_dataset(
     cache = LabelCache(cache_dir, reader.root, key, reader.native.num_classes)
 
     records: list[dict[str, Any] | None] = [None] * len(reader)
-    results = _in_order(lambda i: _prepare_one(reader, cache, i, verify), len(reader),
+    results = in_order(lambda i: _prepare_one(reader, cache, i, verify), len(reader),
                         workers or min(8, os.cpu_count() or 1))
     try:
         for i, (record, written, problems) in enumerate(tqdm(

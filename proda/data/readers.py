@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from .labels import IGNORE_INDEX, LabelSpace
-from .prepare import ClassStats, class_aware_weights, load_class_stats, stats_path
+from .prepare import ClassStats, class_aware_weights, in_order, load_class_stats, stats_path
 from .registry import build_dataset
 from .registry import run_classes as _run_classes
 
@@ -121,13 +120,12 @@ def count_label_classes(reader, dataset: str = "", progress: bool = True,
     def count(i: int) -> np.ndarray:
         return np.bincount(reader.read_label(i).ravel(), minlength=256)
 
-    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))  # PNG decoding releases the GIL
+    results = in_order(count, len(reader), workers or min(8, os.cpu_count() or 1))
     try:
-        hists = list(tqdm(pool.map(count, range(len(reader))), total=len(reader),
-                          desc=f"class statistics of {dataset or reader.dataset_name}", unit="img",
-                          disable=not progress))
+        hists = list(tqdm(results, total=len(reader), desc=f"class statistics of {dataset or reader.dataset_name}",
+                          unit="img", disable=not progress))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: drop the queued labels now
+        results.close()  # on Ctrl-C: cancel the queued labels now, not when the generator is collected
     table = np.stack(hists).astype(np.int64)
     return ClassStats(dataset or reader.dataset_name, "", [s.name for s in reader.samples], table[:, :k],
                       table[:, IGNORE_INDEX], reader.classes.names)
