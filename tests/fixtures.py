@@ -311,3 +311,16 @@ def target_views(rng: np.random.Generator, cfg, full_size: tuple[int, int], n: i
                            ("strong_transform", transform.to_tensor())):
             views[key].append(value)
     return {k: torch.stack(v) for k, v in views.items()}
+
+
+#: raw Cityscapes ids of the tiny two-domain data of the command-level tests (road, sidewalk, building, sky,
+#: person, car, unlabeled)
+TINY_IDS = [7, 8, 11, 21, 23, 26, 0]
+
+
+def write_tiny_domains(root: Path) -> list[str]:
+    """A 4-image GTA5 source and a 2-per-city Cityscapes target at 48x24 under ``root``; returns the overrides
+    that point a run at them."""
+    write_gta5(root / "gta5", n=4, size=(48, 24), ids=TINY_IDS)
+    write_cityscapes(root / "cityscapes", per_city=2, size=(48, 24), ids=TINY_IDS)
+    return [f"data.source_root={root / 'gta5'}", f"data.target_root={root / 'cityscapes'}"]

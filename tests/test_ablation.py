@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from fixtures import target_views, write_cityscapes, write_gta5
+from fixtures import target_views, write_tiny_domains
 from proda.ablation import ROWS, VARIANTS, run_ablation, variant_overrides
 from proda.adapt.prototypes import PrototypeBank
 from proda.adapt.stage1 import Stage1
@@ -19,7 +19,6 @@ from proda.errors import ConfigError
 from proda.models.build import build_model
 
 PIPELINE = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
-IDS = [7, 8, 11, 21, 23, 26, 0]
 TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.head_mid=16", "optim.iterations=2",
         "run.eval_every=2", "warmup.disc_width=4", "run.tensorboard=false", "run.panel_every=0"]
 SEEDS = [1337, 1]
@@ -38,10 +37,7 @@ def tiny_pipeline(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
-    write_gta5(root / "gta5", n=4, size=(48, 24), ids=IDS)
-    write_cityscapes(root / "cityscapes", per_city=2, size=(48, 24), ids=IDS)
-    overrides = [f"out_dir={root / 'out'}", f"data.source_root={root / 'gta5'}",
-                 f"data.target_root={root / 'cityscapes'}", *TINY]
+    overrides = [f"out_dir={root / 'out'}", *write_tiny_domains(root), *TINY]
     summary = run_ablation(tiny_pipeline(root), overrides, SEEDS, progress=False)
     return root, overrides, summary
 

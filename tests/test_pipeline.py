@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures import write_cityscapes, write_gta5
+from fixtures import write_tiny_domains
 from proda.pipeline import Pipeline, PipelineSpec, run_pipeline
 from proda.report import gap_closed
 from proda.errors import ConfigError
 
 PIPELINE = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
-IDS = [7, 8, 11, 21, 23, 26, 0]
 TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.head_mid=16", "optim.iterations=2",
         "run.eval_every=2", "warmup.disc_width=4", "run.tensorboard=false", "ssl.proj_hidden=16", "ssl.proj_dim=8"]
 
@@ -22,10 +21,7 @@ TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.h
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
-    write_gta5(root / "gta5", n=4, size=(48, 24), ids=IDS)
-    write_cityscapes(root / "cityscapes", per_city=2, size=(48, 24), ids=IDS)
-    overrides = [f"out_dir={root / 'runs'}", f"data.source_root={root / 'gta5'}",
-                 f"data.target_root={root / 'cityscapes'}", *TINY]
+    overrides = [f"out_dir={root / 'runs'}", *write_tiny_domains(root), *TINY]
     report = run_pipeline(PIPELINE, overrides, progress=False)
     return root, overrides, report
 

@@ -9,25 +9,22 @@ import pytest
 import yaml
 
 import proda.pipeline
-from fixtures import write_cityscapes, write_gta5
+from fixtures import write_tiny_domains
 from proda.cli import main
 from proda.pipeline import run_seeds, seeds_summary
 
 PIPELINE = Path(__file__).parents[1] / "proda" / "configs" / "synthetic" / "pipeline.yaml"
-IDS = [7, 8, 11, 21, 23, 26, 0]
 TINY = ["data.crop_size=[32,16]", "data.batch_size=2", "model.width=8", "model.head_mid=16", "optim.iterations=1",
         "run.eval_every=1", "warmup.disc_width=4", "run.tensorboard=false", "run.panel_every=0"]
 
 
 def test_each_seed_in_its_own_folder_and_the_mean_and_std_of_every_stage(tmp_path, capsys):
-    write_gta5(tmp_path / "gta5", n=4, size=(48, 24), ids=IDS)
-    write_cityscapes(tmp_path / "cityscapes", per_city=2, size=(48, 24), ids=IDS)
+    data = write_tiny_domains(tmp_path)
     raw = yaml.safe_load(PIPELINE.read_text())  # without the oracle: fewer runs, same machinery
     raw["stages"] = {k: str(PIPELINE.parent / v) for k, v in raw["stages"].items() if k != "oracle"}
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
-    assert main(["pipeline", str(tmp_path / "pipeline.yaml"), "--no-progress", "--seeds", "7,8", f"out_dir={out}",
-                 f"data.source_root={tmp_path / 'gta5'}", f"data.target_root={tmp_path / 'cityscapes'}", *TINY]) == 0
+    assert main(["pipeline", str(tmp_path / "pipeline.yaml"), "--no-progress", "--seeds", "7,8", f"out_dir={out}", *data, *TINY]) == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["seeds"] == [7, 8] and summary["runs"] == {"7": "seed_7", "8": "seed_8"}
     assert list(summary["stages"]) == ["source_only", "warmup", "stage1", "stage2", "stage3"]
