@@ -81,6 +81,9 @@ class ModelConfig:
     head_mid: int = 256
     dropout: float = 0.1
     bn_pretrain: bool = False  # the extra BN before the head (used with self-supervised backbones)
+    # 8 = DeepLab-v2 (the original); 4 adds a light decoder on layer1 to ProDA's head (twice the output
+    # resolution per side; the synthetic benchmark's small images need it, docs/method.md 9.29)
+    output_stride: Literal[8, 4] = 8
     # Initial weights before model.init is loaded: 'original' = N(0, 0.01) for every conv, as ProDA (its
     # backbone then comes from ImageNet); 'kaiming' = He-normal convs, far better for training from scratch
     # (the synthetic benchmark, which has no pretrained backbone).

@@ -18,6 +18,7 @@ def build_model(model_cfg, num_classes: int) -> DeepLabV2:
         head_mid=model_cfg.head_mid,
         bn_pretrain=model_cfg.bn_pretrain,
         dropout=model_cfg.dropout,
+        output_stride=model_cfg.output_stride,
     )
     if getattr(model_cfg, "weight_init", "original") == "kaiming":
         for m in model.modules():

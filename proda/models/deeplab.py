@@ -30,6 +30,7 @@ BACKBONE_MODULES: tuple[str, ...] = ("conv1", "bn1", "layer1", "layer2", "layer3
 #: Top-level modules trained at 10x (the original ``get_10x_lr_params``).
 HEAD_MODULES: tuple[str, ...] = ("layer5", "bn_pretrain")
 HEAD_NAMES: tuple[str, ...] = ("proda", "deeplabv2")
+OUTPUT_STRIDES: tuple[int, ...] = (8, 4)
 
 
 def is_backbone_key(key: str) -> bool:
@@ -71,9 +72,13 @@ class DeepLabV2(ResNet):
             The original uses it (``--bn_clr``/``--ema_bn``) to rescale SimCLR features in
             stages 2-3; checkpoints of those stages contain its keys.
         dropout: Dropout2d rate in front of the ProDA classifier.
+        output_stride: 8 (DeepLab-v2, the original) or 4: ProDA's head then ends in a light decoder
+            that fuses the stride-4 ``layer1`` map (:class:`ProDAHead`, ``low_channels``), so the
+            outputs have twice the resolution per side for little extra compute.
 
     ``forward(x)`` returns ``{'feat': [B, feat_channels, h, w], 'out': [B, num_classes, h, w]}``
-    at stride 8 (1024x2048 -> 129x257, 512x896 -> 65x113); logits are not upsampled.
+    at stride 8 (1024x2048 -> 129x257, 512x896 -> 65x113), or 4 with ``output_stride=4``; logits are
+    not upsampled.
     """
 
     def __init__(
@@ -85,16 +90,25 @@ class DeepLabV2(ResNet):
         head_mid: int = 256,
         bn_pretrain: bool = False,
         dropout: float = 0.1,
+        output_stride: int = 8,
     ) -> None:
         super().__init__(depth=depth, width=width)
         if head not in HEAD_NAMES:
             raise ConfigError(f"model head must be one of {list(HEAD_NAMES)}, got {head!r}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f"model output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+        if output_stride == 4 and head != "proda":
+            raise ConfigError("model output_stride 4 needs head 'proda' (its decoder sits in ProDA's head)")
+        self.output_stride = output_stride
         self.num_classes = num_classes
         self.head_name = head
         self.bn_frozen = False
         self.layer5: ProDAHead | DeepLabV2Head
         if head == "proda":
-            self.layer5 = ProDAHead(self.out_channels, num_classes, mid=head_mid, dropout=dropout)
+            low_channels = self.low_channels if output_stride == 4 else None
+            self.layer5 = ProDAHead(
+                self.out_channels, num_classes, mid=head_mid, dropout=dropout, low_channels=low_channels
+            )
         else:
             self.layer5 = DeepLabV2Head(self.out_channels, num_classes)
         # None is a plain attribute, so the key set has no ``bn_pretrain.*`` when disabled.
@@ -104,9 +118,11 @@ class DeepLabV2(ResNet):
         self.feat_channels: int = self.layer5.feat_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
-        f = self.features(x)
+        low, f = self.low_and_high_features(x)
         if self.bn_pretrain is not None:
             f = self.bn_pretrain(f)
+        if self.output_stride == 4:
+            return self.layer5(f, low)
         return self.layer5(f)
 
     # ----------------------------------------------------------------- optimisation helpers

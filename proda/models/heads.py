@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DeepLabV2Head", "ProDAHead", "SEBlock", "group_norm_groups"]
@@ -69,6 +70,12 @@ class ProDAHead(nn.Module):
     ``feat`` is taken *after* the dropout (``head[0]``), as the original does: in train mode
     prototypes and the prototype-consistency loss see dropped-out features.
 
+    ``low_channels`` (not in the original) adds a decoder that brings the output to stride 4: the
+    bottleneck's map is upsampled onto the stride-4 ``layer1`` map, concatenated with a 1x1
+    projection of it (``decoder_low``: conv -> GN -> ReLU, ``mid // 4`` channels) and fused by a
+    3x3 conv -> GN -> ReLU (``decoder``), as DeepLab-v3+ does; ``feat`` and ``out`` then live on
+    the stride-4 grid. Without it the keys are the original's exactly.
+
     Init (what the original's whole-model loop leaves): convs N(0, 0.01), GN 1/0, the
     bottleneck conv bias 0; branch conv biases and the SE ``Linear`` layers keep defaults.
     """
@@ -80,6 +87,7 @@ class ProDAHead(nn.Module):
         mid: int = 256,
         dilations: Sequence[int] = DEFAULT_DILATIONS,
         dropout: float = 0.1,
+        low_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.feat_channels = mid
@@ -92,6 +100,13 @@ class ProDAHead(nn.Module):
             nn.Conv2d(cat_ch, mid, 3, padding=1, bias=True),
             nn.GroupNorm(group_norm_groups(mid), mid),
         )
+        # None is a plain attribute, so the original's key set stays exact without the decoder
+        self.decoder_low: nn.Sequential | None = None
+        self.decoder: nn.Sequential | None = None
+        if low_channels is not None:
+            low_mid = max(8, mid // 4)
+            self.decoder_low = _conv_gn_relu(low_channels, low_mid, 1, 1)
+            self.decoder = _conv_gn_relu(mid + low_mid, mid, 3, 1)
         self.head = nn.Sequential(
             nn.Dropout2d(dropout),
             nn.Conv2d(mid, num_classes, 1, bias=False),
@@ -101,8 +116,13 @@ class ProDAHead(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
         nn.init.zeros_(self.bottleneck[1].bias)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, low: Tensor | None = None) -> dict[str, Tensor]:
         x = self.bottleneck(torch.cat([branch(x) for branch in self.conv2d_list], dim=1))
+        if self.decoder is not None:
+            if low is None:
+                raise ValueError("this head has a stride-4 decoder: forward needs the layer1 map as `low`")
+            x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+            x = self.decoder(torch.cat([x, self.decoder_low(low)], dim=1))
         feat = self.head[0](x)
         return {"feat": feat, "out": self.head[1](feat)}
 

@@ -152,6 +152,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, width * 4, layers[2], dilation=2)
         self.layer4 = self._make_layer(block, width * 8, layers[3], dilation=4)
         self.out_channels: int = width * 8 * block.expansion
+        self.low_channels: int = width * block.expansion  # of layer1, the stride-4 map
         init_like_original(self)
 
     def _make_layer(
@@ -176,11 +177,12 @@ class ResNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Image ``[B,3,H,W]`` -> layer4 features at stride 8."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        return self.low_and_high_features(x)[1]
+
+    def low_and_high_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Image ``[B,3,H,W]`` -> (layer1 map at stride 4, layer4 map at stride 8)."""
+        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return low, self.layer4(self.layer3(self.layer2(low)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x)

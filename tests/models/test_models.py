@@ -76,6 +76,45 @@ def test_output_stride_8_geometry(depth: int) -> None:
         assert (output_size(h), output_size(w)) == (oh, ow)
 
 
+def test_output_stride_4_decoder_doubles_the_grid_and_keeps_stride_8_keys() -> None:
+    torch.manual_seed(0)
+    plain = DeepLabV2(19, depth=18, width=8, head_mid=32)
+    fine = DeepLabV2(19, depth=18, width=8, head_mid=32, output_stride=4).eval()
+    # the stride-8 model has exactly the original's keys; the decoder adds only layer5.decoder* keys
+    extra = set(fine.state_dict()) - set(plain.state_dict())
+    assert set(plain.state_dict()) <= set(fine.state_dict())
+    assert extra and all(k.startswith(("layer5.decoder.", "layer5.decoder_low.")) for k in extra)
+    assert not any("decoder" in k for k in plain.state_dict())
+    with torch.no_grad():
+        out = fine(torch.randn(2, 3, 96, 192))
+    # stride 4: the layer1 grid (conv1 s2 + ceil-mode max-pool s2)
+    assert out["out"].shape == (2, 19, 25, 49) and out["feat"].shape == (2, 32, 25, 49)
+    low = fine.maxpool(fine.relu(fine.bn1(fine.conv1(torch.zeros(1, 3, 96, 192)))))
+    assert tuple(low.shape[-2:]) == (25, 49)
+    # the decoder is head: trained at the head's rate, and every parameter gets a gradient
+    fine.train()
+    out = fine(torch.randn(2, 3, 48, 48))
+    (out["out"].square().mean() + out["feat"].mean()).backward()
+    assert [n for n, p in fine.named_parameters() if p.grad is None] == []
+    head_ids = {id(p) for p in fine.param_groups(1e-3)[1]["params"]}
+    assert {id(p) for p in fine.layer5.decoder.parameters()} <= head_ids
+
+
+def test_output_stride_4_decoder_uses_the_low_level_map() -> None:
+    torch.manual_seed(0)
+    model = DeepLabV2(19, depth=18, width=8, head_mid=32, output_stride=4).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        low, high = model.low_and_high_features(image)
+        assert torch.equal(high, model.features(image))
+        out = model(image)["out"]
+        # the same stride-8 map with another layer1 map gives other logits: detail reaches the output
+        other = model.layer5(high, torch.rand_like(low))["out"]
+    assert not torch.allclose(out, other)
+    with pytest.raises(ValueError, match="layer1"):
+        model.layer5(high)
+
+
 @pytest.mark.parametrize("size", [33, 64, 97, 100, 129])
 def test_output_size_formula_matches_network(size: int) -> None:
     backbone = ResNet(depth=50, width=4).eval()
@@ -242,6 +281,10 @@ def test_bad_arguments_are_config_errors() -> None:
         ResNet(depth=42)
     with pytest.raises(ConfigError):
         DeepLabV2(19, depth=18, width=8, head="aspp")
+    with pytest.raises(ConfigError, match="output_stride"):
+        DeepLabV2(19, depth=18, width=8, output_stride=16)
+    with pytest.raises(ConfigError, match="head 'proda'"):
+        DeepLabV2(19, depth=18, width=8, head="deeplabv2", output_stride=4)
 
 
 # --------------------------------------------------------------------------- helpers
