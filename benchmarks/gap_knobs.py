@@ -31,9 +31,9 @@ import _common
 import numpy as np
 import torch
 
-from proda.data.labels import CITYSCAPES_LABELS, class_names
+from proda.data.labels import class_names, compact_to_cityscapes_id
 from proda.data.registry import build_dataset
-from proda.data.synthetic import GAP_FIELDS, SOURCE_STYLE, TARGET_STYLE, DomainStyle, write_benchmark
+from proda.data.synthetic import DEFAULT_GAP, GAP_FIELDS, SOURCE_STYLE, TARGET_STYLE, DomainStyle, write_benchmark
 from proda.engine.inference import evaluate_model
 from proda.models.weights import load_trained_model
 
@@ -51,7 +51,7 @@ def variant_style(variant: str) -> DomainStyle:
         name = variant.split(":", 1)[1]
         if name not in NAMES:
             raise SystemExit(f"{variant}: unknown class {name!r}; classes: {', '.join(NAMES)}")
-        label_id = next(lab.id for lab in CITYSCAPES_LABELS if lab.name == name)
+        label_id = int(compact_to_cityscapes_id(19)[NAMES.index(name)])  # class_shift is keyed by raw label id
         return replace(TARGET_STYLE, class_shift=tuple(c for c in TARGET_STYLE.class_shift if c[0] != label_id))
     if variant not in GAP_FIELDS:
         raise SystemExit(f"unknown variant {variant!r}: 'default', a knob of {', '.join(GAP_FIELDS)}, or class_shift:NAME")
@@ -79,7 +79,7 @@ def measure(models: list, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", help="source-only checkpoints, comma-separated")
-    ap.add_argument("--gap", type=float, default=None, help="the benchmark's gap (default: the calibrated one)")
+    ap.add_argument("--gap", type=float, default=DEFAULT_GAP, help="the benchmark's gap (default: the calibrated one)")
     ap.add_argument("--seed", type=int, default=0, help="benchmark seed")
     ap.add_argument("--val", type=int, default=100, help="validation images per variant")
     ap.add_argument("--variants", default=None)
@@ -89,17 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = (args.variants.split(",") if args.variants else
                 ["default", *GAP_FIELDS, *(f"class_shift:{n}" for n in NAMES)])
     styles = {v: variant_style(v) for v in variants}  # bad names fail before any work
-    models = [load_trained_model(c, torch.device("cpu")) for c in args.checkpoints.split(",")]
-    for model, _ in models:
-        model.eval()
-    gap = {} if args.gap is None else {"gap": args.gap}
+    models = [load_trained_model(c, torch.device("cpu")) for c in args.checkpoints.split(",")]  # in eval mode
     results = {}
     short = [n.replace("traffic ", "")[:5] for n in NAMES]
     print(f"{'variant':26s} {'mIoU':>6s} {'pixacc':>6s} {'buildP':>6s} {'sky':>5s} {'r':>5s} | " + " ".join(f"{s:>5s}" for s in short))
     for variant, style in styles.items():
         with tempfile.TemporaryDirectory() as tmp:
             write_benchmark(tmp, seed=args.seed, n_source=0, n_target=0, n_val=args.val, progress=False,
-                            target_style=style, workers=1, **gap)
+                            target_style=style, workers=1, gap=args.gap)
             r = results[variant] = measure(models, Path(tmp) / "cityscapes")
         iou = list(r["per_class_iou"].values())
         print(f"{variant:26s} {r['miou']:6.2f} {r['pixel_accuracy']:6.1f} {r['building_precision']:6.1f} "
