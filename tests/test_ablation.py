@@ -136,19 +136,24 @@ def stage1_batch(cfg, rng: np.random.Generator) -> dict[str, dict[str, torch.Ten
     return {"source": source, "target": target}
 
 
-@pytest.mark.parametrize("rectify", [False, True])
-def test_without_rectification_the_pseudo_label_is_argmax_p0(rectify):
+def tiny_stage1(*overrides: str) -> Stage1:
     torch.manual_seed(0)
     cfg = load_config("synthetic/stage1", [
         "model.depth=18", "model.width=8", "model.head_mid=16", f"data.crop_size=[{CROP[0]},{CROP[1]}]",
         "data.batch_size=2", "data.resize_width=null", "data.scale_range=[0.9,1.1]",
-        f"stage1.rectify={str(rectify).lower()}", "stage1.sce_alpha=1", "stage1.sce_beta=0"])
+        "stage1.sce_alpha=1", "stage1.sce_beta=0", *overrides])
     model = build_model(cfg.model, C)
     bank = PrototypeBank(C, model.feat_channels)
     bank.accumulate_initial(10 * torch.randn(1, C, model.feat_channels), torch.ones(1, C, dtype=torch.bool))
     stage = Stage1(cfg, torch.device("cpu"), model, bank)
     stage.train_mode()
-    losses = stage.step(stage1_batch(cfg, np.random.default_rng(0)), 0)
+    return stage
+
+
+@pytest.mark.parametrize("rectify", [False, True])
+def test_without_rectification_the_pseudo_label_is_argmax_p0(rectify):
+    stage = tiny_stage1(f"stage1.rectify={str(rectify).lower()}")
+    losses = stage.step(stage1_batch(stage.cfg, np.random.default_rng(0)), 0)
     assert torch.isfinite(losses["target_sce"])
     # the stage counts its training pseudo labels against the batch's truth, here argmax P0 itself
     counts = stage.pl_rect.mat
@@ -157,3 +162,21 @@ def test_without_rectification_the_pseudo_label_is_argmax_p0(rectify):
         assert counts.sum() - counts.diag().sum() > counts.sum() // 2  # the prototypes moved most labels
     else:
         assert counts.sum() == counts.diag().sum()  # every label is argmax P0
+
+
+def test_the_threshold_selects_the_self_training_labels_too():
+    """The self-training row keeps the pseudo labels the same threshold keeps in the denoising rows: argmax P0
+    where max P0 reaches it, ignored elsewhere (before, the threshold applied to rectified labels only)."""
+    stage = tiny_stage1("stage1.rectify=false", "stage1.pseudo_threshold=0.9")
+    batch = stage1_batch(stage.cfg, np.random.default_rng(0))
+    soft = batch["target"]["soft"]
+    confident = torch.zeros(soft.shape[0], *soft.shape[2:], dtype=torch.bool)
+    confident[:, :, ::2] = True  # every other column: P0 puts 0.95 on one class
+    classes = torch.randint(0, C, confident.shape)
+    peaked = torch.full_like(soft, 0.05 / (C - 1)).scatter_(1, classes[:, None], 0.95)
+    batch["target"]["soft"] = torch.where(confident[:, None], peaked, soft)
+    batch["target"]["label_grid"] = batch["target"]["soft"].argmax(1)
+    stage.step(batch, 0)
+    counts = stage.pl_rect.mat
+    assert counts.sum() == confident.sum()  # the flat pixels (max P0 about 1/19) are no label
+    assert counts.sum() == counts.diag().sum()  # and the kept ones are argmax P0

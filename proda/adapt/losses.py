@@ -138,11 +138,12 @@ def rectify_pseudo_labels(
 ) -> torch.Tensor:
     """Denoised hard labels ŷ = argmax_c(ω_c·P0_c), [B,C,H,W] ×2 -> [B,H,W] long.
 
-    ``soft`` is the fixed warm-up softmax P0, ``weights`` the online prototype weights ω. Pixels whose
-    renormalised confidence max_c r_c, r = ω·P0/Σ(ω·P0), is below ``threshold`` become ``ignore_index``; the
-    original's stage-1 threshold (``--train_thred``) is 0, so no pixel is ignored and denoising is purely the
-    re-weighted argmax. Pixels where ``valid`` ([B,H,W]) is False (no soft label there) are ignored too, as
-    are pixels whose ω·P0 is all zero when a positive threshold is set. Ties go to the lowest class index.
+    ``soft`` is the fixed warm-up softmax P0, ``weights`` the online prototype weights ω (all ones: the
+    warm-up's own labels, argmax P0). Pixels whose renormalised confidence max_c r_c, r = ω·P0/Σ(ω·P0), is
+    below ``threshold`` become ``ignore_index``; the original's stage-1 threshold (``--train_thred``) is 0, so
+    no pixel is ignored and denoising is purely the re-weighted argmax. Pixels where ``valid`` ([B,H,W]) is
+    False (no soft label there) are ignored too, as are pixels whose ω·P0 is all zero when a positive
+    threshold is set. Ties go to the lowest class index.
     """
     if soft.shape != weights.shape:
         raise ValueError(f"soft labels {tuple(soft.shape)} and weights {tuple(weights.shape)} differ in shape")

@@ -154,7 +154,9 @@ class Stage1(Stage):
             distances = prototype_distances(feat_weak, protos)
             weights = rectification_weights(distances, s1.temperature)
             soft = tgt["soft"].float()
-            pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold) if s1.rectify else soft.argmax(1)
+            # rectify=false: the warm-up's own labels (argmax P0) under the same selection rule
+            pseudo = rectify_pseudo_labels(soft, weights if s1.rectify else torch.ones_like(soft),
+                                           s1.pseudo_threshold)
         if iteration != self._pending_iteration:  # outputs of a skipped (non-finite) step must not move prototypes
             self._pending.clear()
             self._pending_iteration = iteration
