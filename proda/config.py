@@ -134,8 +134,8 @@ class Stage1Config:
     prototypes: str = ""  # file written by `proda prototypes`
     temperature: float = 1.0  # multiplies the negative distances in the rectification/assignment softmax
     pseudo_threshold: float = 0.0  # the original's train_thred: 0 ignores no pixel
-    # false: train on argmax P0, the warm-up's labels as they are (plain self-training, the ablation's
-    # baseline row); the prototypes still move and feed the consistency term
+    # false: train on argmax P0, the warm-up's labels as they are, under the same pseudo_threshold (plain
+    # self-training, the ablation's baseline row); the prototypes still move and feed the consistency term
     rectify: bool = True
     sce_alpha: float = 0.1
     sce_beta: float = 1.0

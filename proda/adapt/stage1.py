@@ -5,7 +5,7 @@ Per iteration, on the crop/``loss_stride`` grid of each target weak crop:
 1. the EMA model sees the full target image; its features are carried into the weak crop (``full_to_weak``);
 2. distances to the class prototypes give rectification weights omega = softmax(-T (d - min d)), and the
    pseudo label is argmax(omega * P0) with P0 the warm-up model's fixed soft label (``stage1.rectify=false``:
-   argmax P0 itself, plain self-training, the ablation's baseline);
+   argmax P0 itself under the same threshold, plain self-training, the ablation's baseline);
 3. the student is trained on the weak crop with symmetric cross-entropy against it, plus the
    anti-degeneration regulariser;
 4. structure learning: the EMA's prototype assignment, carried into the strong view with the exact
@@ -152,11 +152,10 @@ class Stage1(Stage):
             geoms = [WeakGeometry.from_tensor(g) for g in tgt["geometry"].cpu()]
             feat_weak = full_to_weak(ema_out["feat"].float(), geoms, (gw, gh))
             distances = prototype_distances(feat_weak, protos)
-            weights = rectification_weights(distances, s1.temperature)
             soft = tgt["soft"].float()
-            # rectify=false: the warm-up's own labels (argmax P0) under the same selection rule
-            pseudo = rectify_pseudo_labels(soft, weights if s1.rectify else torch.ones_like(soft),
-                                           s1.pseudo_threshold)
+            # rectify=false: weights 1, the warm-up's own labels (argmax P0) under the same threshold
+            weights = rectification_weights(distances, s1.temperature) if s1.rectify else torch.ones_like(soft)
+            pseudo = rectify_pseudo_labels(soft, weights, s1.pseudo_threshold)
         if iteration != self._pending_iteration:  # outputs of a skipped (non-finite) step must not move prototypes
             self._pending.clear()
             self._pending_iteration = iteration
