@@ -9,7 +9,7 @@ real setting's source-only profile (DeepLab-v2 ResNet-101 trained on GTA5, evalu
 Tsai et al. CVPR 2018, Table 1), the figure a realistic benchmark should resemble.
 
     python benchmarks/gap_knobs.py CKPT[,CKPT...] [--gap 0.9] [--seed 0] [--val 100]
-        [--variants default,class_shift,class_shift:sky,...] [--json FILE]
+        [--spread 0] [--variants default,class_shift,class_shift:sky,...] [--json FILE]
 
 A variant is ``default`` (the benchmark as ``proda synth --gap G`` writes it), a knob of ``GAP_FIELDS``
 (e.g. ``saturation``) or ``class_shift:NAME`` (only that class's colour shift removed); without
@@ -82,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap", type=float, default=DEFAULT_GAP, help="the benchmark's gap (default: the calibrated one)")
     ap.add_argument("--seed", type=int, default=0, help="benchmark seed")
     ap.add_argument("--val", type=int, default=100, help="validation images per variant")
+    ap.add_argument("--spread", type=float, default=TARGET_STYLE.class_shift_spread,
+                    help="class_shift_spread of every variant (default: the benchmark's)")
     ap.add_argument("--variants", default=None)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     _common.single_thread()
     variants = (args.variants.split(",") if args.variants else
                 ["default", *GAP_FIELDS, *(f"class_shift:{n}" for n in NAMES)])
-    styles = {v: variant_style(v) for v in variants}  # bad names fail before any work
+    styles = {v: replace(variant_style(v), class_shift_spread=args.spread) for v in variants}  # bad names fail first
     models = [load_trained_model(c, torch.device("cpu")) for c in args.checkpoints.split(",")]  # in eval mode
     results = {}
     short = [n.replace("traffic ", "")[:5] for n in NAMES]
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant:26s} {r['miou']:6.2f} {r['pixel_accuracy']:6.1f} {r['building_precision']:6.1f} "
               f"{r['per_class_iou']['sky']:5.1f} {r['r_real']:5.2f} | " + " ".join(f"{v:5.1f}" for v in iou), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"gap": args.gap, "checkpoints": args.checkpoints, "variants": results},
-                                              indent=2))
+        summary = {"gap": args.gap, "spread": args.spread, "checkpoints": args.checkpoints, "variants": results}
+        Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
 
 

@@ -280,6 +280,31 @@ def test_gap_blends_only_the_appearance() -> None:
         S.target_style_at(1.5)
 
 
+def test_class_shift_strength_varies_per_image_within_the_spread() -> None:
+    from dataclasses import replace
+
+    from proda.data.synthetic.appearance import _class_tables
+
+    sky = S.styles.SKY
+    fixed = replace(S.TARGET_STYLE, class_shift=((sky, 1.2, 1.1, 0.9, 0.5),), class_shift_spread=0.0)
+    rng = np.random.default_rng(0)
+    gains, sats = _class_tables(fixed, rng)  # spread 0: the shift itself, and no draw from the image's stream
+    assert gains[sky].tolist() == np.float32([1.2, 1.1, 0.9]).tolist() and sats[sky] == np.float32(0.5)
+    assert gains[S.styles.ROAD].tolist() == [1, 1, 1] and sats[S.styles.ROAD] == 1
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state
+
+    varying = replace(fixed, class_shift_spread=0.5)
+    strengths = []
+    for seed in range(200):
+        gains, sats = _class_tables(varying, np.random.default_rng(seed))
+        k = (gains[sky] - 1) / np.array([0.2, 0.1, -0.1])
+        assert k == pytest.approx([k[0]] * 3, abs=1e-5)  # one strength per class: gains and saturation together
+        assert (sats[sky] - 1) / -0.5 == pytest.approx(k[0], abs=1e-5)
+        strengths.append(k[0])
+    assert 0.5 - 1e-6 <= min(strengths) < 0.6 and 1.4 < max(strengths) <= 1.5 + 1e-6
+    assert np.mean(strengths) == pytest.approx(1.0, abs=0.05)  # the shift on average, spread between images
+
+
 def test_smaller_gap_brings_the_target_look_closer(tmp_path: Path) -> None:
     def colour_shift(style) -> float:  # mean colour of each class, source vs target, averaged over classes
         src = [S.render_scene(0, "source", i) for i in range(12)]

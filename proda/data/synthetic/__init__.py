@@ -6,11 +6,12 @@ runs the whole ProDA pipeline on a laptop CPU and shows the same kind of gap:
 * **source** (``gta5/``): "rendered" scenes: flat, saturated colours, crisp edges, uniform lighting, little
   noise, large sidewalk slabs and clean asphalt; many cars and trucks, wide roads, a wide-angle camera;
 * **target** (``cityscapes/``): the *same* scene grammar (geometry, layout, context, object shapes) seen
-  through a systematic "real camera" transformation: moderate per-class colour shifts, a per-image colour
-  cast, gamma and contrast change, low-frequency illumination and cast shadows, texture and sensor noise,
-  blur; different materials (small paving tiles, patched asphalt, framed windows, leafier trees, muted car
-  and clothing colours); a different object mix (more persons and bicycles, fewer cars and trucks), narrower
-  roads, a lower horizon, a longer focal length and the ego-vehicle hood along the bottom edge.
+  through a systematic "real camera" transformation: moderate per-class colour shifts (the same on every
+  image unless ``class_shift_spread`` varies their strength per image), a per-image colour cast, gamma and
+  contrast change, low-frequency illumination and cast shadows, texture and sensor noise, blur; different
+  materials (small paving tiles, patched asphalt, framed windows, leafier trees, muted car and clothing
+  colours); a different object mix (more persons and bicycles, fewer cars and trucks), narrower roads, a
+  lower horizon, a longer focal length and the ego-vehicle hood along the bottom edge.
 
 The appearance change is a transformation of the source look, never a swap of class appearances, so
 self-training on confident pseudo labels, prototype denoising and photometric-augmentation consistency can

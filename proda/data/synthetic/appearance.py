@@ -14,12 +14,16 @@ for _lid, _g in ((VEGETATION, 1.8), (TERRAIN, 1.5), (ROAD, 0.9), (SIDEWALK, 1.0)
 
 
 
-def _class_tables(style: DomainStyle) -> tuple[np.ndarray, np.ndarray]:
+def _class_tables(style: DomainStyle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per label id: the RGB gains and the saturation factor of the style's class shift on this image, each
+    shift's strength scaled by its own draw from [1 - spread, 1 + spread] (nothing drawn at spread 0)."""
     gains = np.ones((256, 3), np.float32)
     sats = np.ones(256, np.float32)
-    for lid, r, g, b, sat in style.class_shift:
-        gains[lid] = (r, g, b)
-        sats[lid] = sat
+    spread, n = style.class_shift_spread, len(style.class_shift)
+    strengths = rng.uniform(1 - spread, 1 + spread, n) if spread > 0 else np.ones(n)
+    for (lid, r, g, b, sat), k in zip(style.class_shift, strengths):
+        gains[lid] = [1 + k * (c - 1) for c in (r, g, b)]  # float64, so exact at k = 1
+        sats[lid] = max(0.0, 1 + k * (sat - 1))
     return gains, sats
 
 
@@ -36,7 +40,7 @@ def _apply_style(img: np.ndarray, lbl: np.ndarray, style: DomainStyle, rng: np.r
     """Colours in 0..255 float32 + label ids -> the domain's final uint8 image."""
     H, W = lbl.shape
     x = img / 255.0
-    gains, sats = _class_tables(style)
+    gains, sats = _class_tables(style, rng)
     if style.class_shift:
         x = x * gains[lbl]
     # saturation: per class, then global
