@@ -50,6 +50,15 @@ OPTIONAL = {"oracle", "ssl"}
 TRAINED = ("source_only", "oracle", "warmup", "stage1", "ssl", "stage2", "stage3")
 LABEL_STEPS = ("soft_labels", "hard_labels_1", "hard_labels_2")  # every other step trains a model
 STUDENT_INITS = ("ssl", "stage1", "config")
+#: Settings that may change between the runs of a pipeline without rerunning a stage: where the data and the
+#: run live, and how a run is logged, checkpointed and evaluated (Pipeline.training_settings).
+BOOKKEEPING_SETTINGS = frozenset({
+    "data.source_root", "data.target_root", "data.source_list", "data.val_split", "data.val_size",
+    "data.val_batch_size", "data.num_workers", "data.preflight_samples", "data.source_label_cache",
+    "data.target_label_cache", "run.out_dir", "run.device", "run.eval_every", "run.checkpoint_every",
+    "run.keep_last", "run.log_every", "run.tensorboard", "run.eval_max_images", "run.panel_every",
+    "run.panel_images", "run.resume", "run.max_nonfinite_steps",
+})
 
 
 @dataclass
@@ -220,17 +229,41 @@ class Pipeline:
                 prints[key] = content_digest(path)
         return prints
 
+    def training_settings(self, step: str) -> dict[str, Any]:
+        """What decides what ``step`` learns, as flat ``section.key`` values: data, model, optimiser, run and
+        the stage's own section, less where things are (paths; linked inputs count by content) and how the run
+        is logged, checkpointed and evaluated."""
+        cfg = self.config(step)
+        linked = {item.split("=", 1)[0] for item in self.links(step)}
+        flat = {}
+        for section in ("data", "model", "optim", "run", cfg.stage):
+            for key, value in cfg.to_dict()[section].items():
+                name = f"{section}.{key}"
+                if name not in linked and name not in BOOKKEEPING_SETTINGS:
+                    flat[name] = value
+        return json.loads(json.dumps(flat))  # tuples as lists, as the record reads back
+
     def check_inputs(self, step: str) -> None:
-        """A stage resumed or skipped must still have the inputs it started from: an earlier stage rerun by
-        hand (not with --from) would otherwise leave it resuming with a stale teacher or labels."""
+        """A stage resumed or skipped must still have the inputs and the settings it started from: an earlier
+        stage rerun by hand (not with --from) would otherwise leave it resuming with a stale teacher or labels,
+        and a stage rerun with other settings would be skipped with the old run's figures."""
         record = self.run_dir(step) / "pipeline_inputs.json"
-        now = self.input_fingerprints(step)
+        now = {"inputs": self.input_fingerprints(step), "settings": self.training_settings(step)}
         if record.is_file() and (self.run_dir(step) / "latest.pth").is_file():
             before = json.loads(record.read_text())
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            if "inputs" not in before:  # written before the settings were recorded: inputs only
+                before = {"inputs": before, "settings": now["settings"]}
+            changed = sorted(k for k in set(before["inputs"]) | set(now["inputs"])
+                             if before["inputs"].get(k) != now["inputs"].get(k))
             if changed:
                 raise ConfigError(f"{self.run_dir(step)}: {step} started from other inputs than now "
                                   f"({', '.join(changed)} changed); rerun with --from {step}")
+            old, new = before["settings"], now["settings"]
+            changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                       if old.get(k) != new.get(k)]
+            if changed:
+                raise ConfigError(f"{self.run_dir(step)}: {step} ran with other settings than now "
+                                  f"({'; '.join(changed)}); rerun with --from {step}")
             return
         if dist.is_main():
             self.run_dir(step).mkdir(parents=True, exist_ok=True)
@@ -292,7 +325,7 @@ class BackgroundRun:
 
         self.pipe, self.step = pipe, step
         self.run_dir = pipe.run_dir(step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pipe.check_inputs(step)  # makes the folder
         self.log = self.run_dir / "train.log"
         self.main_threads = torch.get_num_threads()
         child_threads = max(1, self.main_threads // 2)

@@ -71,6 +71,21 @@ def test_a_copied_pipeline_folder_is_skipped_too(finished, tmp_path):
     assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
 
 
+def test_a_stage_rerun_with_other_settings_is_refused_not_skipped(finished):
+    """A finished stage asked for with another training setting would be skipped and report the old run's
+    figures as the new setting's: refused, naming the setting. Evaluation and logging settings still skip."""
+    root, overrides, report = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")}
+    with pytest.raises(ConfigError, match=r"stage1 ran with other settings than now \(stage1.sce_alpha: 0.0 -> "
+                                          r"0.5\); rerun with --from stage1"):
+        run_pipeline(PIPELINE, [*overrides, "stage1.sce_alpha=0.5"], progress=False)
+    record = root / "runs" / "stage2" / "pipeline_inputs.json"  # as written before settings were recorded
+    record.write_text(json.dumps(json.loads(record.read_text())["inputs"]))
+    again = run_pipeline(PIPELINE, [*overrides, "run.eval_every=1", "run.keep_last=3"], progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")} == stamps
+    assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
+
+
 def test_from_reruns_that_step_and_the_later_ones_only(finished):
     root, overrides, _ = finished
     runs = root / "runs"
