@@ -234,10 +234,11 @@ class Pipeline:
         the stage's own section, less where things are (paths; linked inputs count by content) and how the run
         is logged, checkpointed and evaluated."""
         cfg = self.config(step)
+        values = cfg.to_dict()
         linked = {item.split("=", 1)[0] for item in self.links(step)}
         flat = {}
         for section in ("data", "model", "optim", "run", cfg.stage):
-            for key, value in cfg.to_dict()[section].items():
+            for key, value in values[section].items():
                 name = f"{section}.{key}"
                 if name not in linked and name not in BOOKKEEPING_SETTINGS:
                     flat[name] = value
@@ -253,14 +254,12 @@ class Pipeline:
             before = json.loads(record.read_text())
             if "inputs" not in before:  # written before the settings were recorded: inputs only
                 before = {"inputs": before, "settings": now["settings"]}
-            changed = sorted(k for k in set(before["inputs"]) | set(now["inputs"])
-                             if before["inputs"].get(k) != now["inputs"].get(k))
+            changed = _differences(before["inputs"], now["inputs"])
             if changed:
                 raise ConfigError(f"{self.run_dir(step)}: {step} started from other inputs than now "
                                   f"({', '.join(changed)} changed); rerun with --from {step}")
             old, new = before["settings"], now["settings"]
-            changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                       if old.get(k) != new.get(k)]
+            changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _differences(old, new)]
             if changed:
                 raise ConfigError(f"{self.run_dir(step)}: {step} ran with other settings than now "
                                   f"({'; '.join(changed)}); rerun with --from {step}")
@@ -361,6 +360,11 @@ class BackgroundRun:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose value differs between two records (missing on one side counts), sorted."""
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 def load_report(out_dir: str | Path) -> dict[str, Any]:
