@@ -80,8 +80,12 @@ def test_a_stage_rerun_with_other_settings_is_refused_not_skipped(finished):
                                           r"0.5\); rerun with --from stage1"):
         run_pipeline(PIPELINE, [*overrides, "stage1.sce_alpha=0.5"], progress=False)
     record = root / "runs" / "stage2" / "pipeline_inputs.json"  # as written before settings were recorded
-    record.write_text(json.dumps(json.loads(record.read_text())["inputs"]))
-    again = run_pipeline(PIPELINE, [*overrides, "run.eval_every=1", "run.keep_last=3"], progress=False)
+    original = record.read_text()
+    record.write_text(json.dumps(json.loads(original)["inputs"]))
+    try:
+        again = run_pipeline(PIPELINE, [*overrides, "run.eval_every=1", "run.keep_last=3"], progress=False)
+    finally:
+        record.write_text(original)  # the module's finished pipeline, as the other tests expect it
     assert {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/latest.pth")} == stamps
     assert again["stages"]["stage3"]["target_miou"] == report["stages"]["stage3"]["target_miou"]
 
