@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-target", type=int, default=None)
     s.add_argument("--n-val", type=int, default=None)
     s.add_argument("--gap", type=float, default=None,
-                   help="share of the target's appearance change, 0..1 (default: the calibrated benchmark's)")
+                   help="share of the target's appearance change, 0..2 (above 1 it is extrapolated; "
+                        "default: the calibrated benchmark's)")
 
     pr = sub.add_parser("prototypes", help="class prototypes of a trained model over the target training set")
     pr.add_argument("--checkpoint", required=True, help="the warm-up checkpoint")

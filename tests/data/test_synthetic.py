@@ -276,8 +276,32 @@ def test_gap_blends_only_the_appearance() -> None:
     assert none.edge_soften is S.SOURCE_STYLE.edge_soften and half.edge_soften is S.TARGET_STYLE.edge_soften
     for name in ("horizon", "focal", "lanes", "persons", "bicycles", "max_depth"):  # content stays the target's
         assert getattr(none, name) == getattr(S.TARGET_STYLE, name)
-    with pytest.raises(ValueError, match="gap"):
-        S.target_style_at(1.5)
+    for bad in (-0.1, S.styles.MAX_GAP + 0.1):
+        with pytest.raises(ValueError, match="gap"):
+            S.target_style_at(bad)
+
+
+def test_a_gap_beyond_one_extrapolates_every_change_within_valid_values() -> None:
+    more = S.target_style_at(1.5)
+    for name in ("noise", "saturation", "illumination", "shadows", "texture"):
+        src, tgt = getattr(S.SOURCE_STYLE, name), getattr(S.TARGET_STYLE, name)
+        assert getattr(more, name) == pytest.approx(max(0.0, tgt + 0.5 * (tgt - src)))
+    assert more.contrast == pytest.approx((1 + 1.5 * (0.75 - 1), 1 + 1.5 * (0.93 - 1)))
+    sky = {c[0]: c[1:] for c in more.class_shift}[S.styles.SKY]
+    assert sky == pytest.approx((1.15, 1.105, 1.0, 0.325))  # the hazy sky's shift, half as much again
+    # chances stop at 1: paving 0.1 -> 0.9 would extrapolate to 1.3
+    assert more.paving == 1.0 and more.facade_detail == 1.0 and 0 < more.muted_paint < 1
+    assert S.target_style_at(S.styles.MAX_GAP).saturation >= 0
+    assert more.edge_soften is S.TARGET_STYLE.edge_soften
+
+
+def test_the_clamp_leaves_gaps_up_to_one_unchanged() -> None:
+    from proda.data.synthetic.styles import _blend
+
+    for gap in (0.0, 0.3, 0.9):
+        style = S.target_style_at(gap)
+        for name in ("paving", "muted_paint", "saturation", "noise", "gamma", "shadow_strength"):
+            assert getattr(style, name) == _blend(getattr(S.SOURCE_STYLE, name), getattr(S.TARGET_STYLE, name), gap)
 
 
 def test_class_shift_strength_varies_per_image_within_the_spread() -> None:

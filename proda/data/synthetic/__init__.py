@@ -18,8 +18,8 @@ self-training on confident pseudo labels, prototype denoising and photometric-au
 recover much of the gap; photometric augmentation alone recovers only part of it (the materials and the
 object mix need target data). Every knob lives in :class:`DomainStyle` (:data:`SOURCE_STYLE`,
 :data:`TARGET_STYLE`); ``dataclasses.replace(TARGET_STYLE, ...)`` gives a variant, and ``write_benchmark``
-records both styles in ``meta.json``. ``gap`` (0..1, :func:`target_style_at`) scales the appearance change
-between the domains; :data:`DEFAULT_GAP` is the calibrated default.
+records both styles in ``meta.json``. ``gap`` (0..2, :func:`target_style_at`; above 1 the change is
+extrapolated) scales the appearance change between the domains; :data:`DEFAULT_GAP` is the calibrated default.
 
 Files use the official layouts (see ``docs/datasets.md``), so the real readers load them unchanged:
 

@@ -241,14 +241,29 @@ def _blend(source, target, gap: float):
     return gap * target + (1.0 - gap) * source
 
 
+#: Knobs that are chances (kept in [0, 1] when a gap beyond 1 extrapolates them).
+_CHANCE_FIELDS = frozenset({"paving", "facade_detail", "muted_paint"})
+#: The largest gap: beyond 1 the appearance change is extrapolated (e.g. 1.2: 20 % more of every change).
+MAX_GAP = 2.0
+
+
+def _clamped(name: str, value):
+    """A blended knob kept valid: chances in [0, 1], every other number at least 0 (no-ops for gaps 0..1,
+    whose values lie between two valid styles')."""
+    if isinstance(value, tuple):
+        return tuple(_clamped(name, v) for v in value)
+    return min(max(value, 0.0), 1.0) if name in _CHANCE_FIELDS else max(value, 0.0)
+
+
 def target_style_at(gap: float, source: DomainStyle = SOURCE_STYLE, target: DomainStyle = TARGET_STYLE) -> DomainStyle:
     """``target`` with its appearance (every knob of :data:`GAP_FIELDS`) moved towards ``source``'s:
     ``gap * target + (1 - gap) * source`` per knob. ``gap`` 1 is ``target`` itself, 0 the source's look on the
-    target's content (camera, layout, object mix). A per-class colour shift that one style lacks counts as
-    no shift (gains 1); the anti-aliased edges are the target's from gap 0.5 on."""
+    target's content (camera, layout, object mix); a gap above 1 (up to :data:`MAX_GAP`) extrapolates every
+    change, with chances kept at most 1 and nothing below 0. A per-class colour shift that one style lacks
+    counts as no shift (gains 1); the anti-aliased edges are the target's from gap 0.5 on."""
     gap = float(gap)
-    if not 0.0 <= gap <= 1.0:
-        raise ValueError(f"gap must be in [0, 1], got {gap}")
+    if not 0.0 <= gap <= MAX_GAP:
+        raise ValueError(f"gap must be in [0, {MAX_GAP:g}], got {gap}")
     if gap == 1.0:
         return target
     values = {}
@@ -257,12 +272,12 @@ def target_style_at(gap: float, source: DomainStyle = SOURCE_STYLE, target: Doma
         if name == "class_shift":
             s_by_id, t_by_id = {c[0]: c[1:] for c in s}, {c[0]: c[1:] for c in t}
             ids = sorted(set(s_by_id) | set(t_by_id))
-            values[name] = tuple((i, *_blend(s_by_id.get(i, (1.0,) * 4), t_by_id.get(i, (1.0,) * 4), gap))
+            values[name] = tuple((i, *_clamped(name, _blend(s_by_id.get(i, (1.0,) * 4), t_by_id.get(i, (1.0,) * 4), gap)))
                                  for i in ids)
         elif isinstance(t, bool):
             values[name] = t if gap >= 0.5 else s
         else:
-            values[name] = _blend(s, t, gap)
+            values[name] = _clamped(name, _blend(s, t, gap))
     return replace(target, **values)
 
 

@@ -168,8 +168,8 @@ def write_benchmark(
     files do not depend on it. Each process writes through a small thread pool, since every write is an
     fsync-ed atomic replace and mostly waits on the disk.
 
-    ``gap`` (0..1) is the share of ``target_style``'s appearance change that the target images get
-    (:func:`~.styles.target_style_at`); the default is the calibrated benchmark's.
+    ``gap`` (0..2, extrapolated above 1) is the share of ``target_style``'s appearance change that the target
+    images get (:func:`~.styles.target_style_at`); the default is the calibrated benchmark's.
     """
     out = Path(out)
     for name, n in (("n_source", n_source), ("n_target", n_target), ("n_val", n_val)):
