@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from proda.checkpoint_io import save_checkpoint
 from proda.config import load_config
-from proda.data.labels import IGNORE_INDEX, cityscapes_lut
+from proda.data.labels import cityscapes_lut
 from proda.data.synthetic import GAP_FIELDS, SOURCE_STYLE, TARGET_STYLE, render_scene
 from proda.data.synthetic.styles import _blend, _clamped
 from proda.engine.inference import predict_logits
@@ -153,7 +153,8 @@ def segmentation_patch_accuracy(checkpoint: str, images, rows, patch: int, limit
     preds = {}
     for i in np.unique(rows[:, 0]):
         x = torch.from_numpy(images[i]).permute(2, 0, 1)[None].float() / 255.0
-        preds[i] = predict_logits(model, x, images.shape[1:3], meta["input"]["mean"], meta["input"]["std"])[0].argmax(0).numpy()
+        logits = predict_logits(model, x, images.shape[1:3], meta["input"]["mean"], meta["input"]["std"])
+        preds[i] = logits[0].argmax(0).numpy()
     half = (patch - cell) // 2
     pred = np.array([np.bincount(preds[i][t + half: t + half + cell, l + half: l + half + cell].ravel(),
                                  minlength=NUM_CLASSES).argmax() for i, t, l, _ in rows])

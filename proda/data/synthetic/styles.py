@@ -272,7 +272,8 @@ def target_style_at(gap: float, source: DomainStyle = SOURCE_STYLE, target: Doma
         if name == "class_shift":
             s_by_id, t_by_id = {c[0]: c[1:] for c in s}, {c[0]: c[1:] for c in t}
             ids = sorted(set(s_by_id) | set(t_by_id))
-            values[name] = tuple((i, *_clamped(name, _blend(s_by_id.get(i, (1.0,) * 4), t_by_id.get(i, (1.0,) * 4), gap)))
+            no_shift = (1.0,) * 4
+            values[name] = tuple((i, *_clamped(name, _blend(s_by_id.get(i, no_shift), t_by_id.get(i, no_shift), gap)))
                                  for i in ids)
         elif isinstance(t, bool):
             values[name] = t if gap >= 0.5 else s
