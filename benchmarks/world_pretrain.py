@@ -47,8 +47,9 @@ from tqdm import tqdm
 from proda.checkpoint_io import save_checkpoint
 from proda.config import load_config
 from proda.data.labels import cityscapes_lut
+from proda.data.registry import build_dataset
 from proda.data.synthetic import GAP_FIELDS, SOURCE_STYLE, TARGET_STYLE, render_scene
-from proda.data.synthetic.styles import _blend, _clamped
+from proda.data.synthetic.styles import blend_knob
 from proda.engine.inference import predict_logits
 from proda.models.build import build_model, normalize
 from proda.models.weights import load_trained_model
@@ -72,7 +73,7 @@ def world_style(rng: np.random.Generator, gain: float, saturation: tuple[float, 
         elif isinstance(t, bool):
             values[name] = bool(rng.random() < 0.5)
         else:
-            values[name] = _clamped(name, _blend(s, t, share))
+            values[name] = blend_knob(name, s, t, share)
     return replace(TARGET_STYLE, name="world", **values)
 
 
@@ -132,16 +133,24 @@ class PatchClassifier(nn.Module):
         return self.fc(self.net.features(x).mean(dim=(2, 3)))
 
 
+def _evaluated_rows(rows: np.ndarray, limit: int) -> np.ndarray:
+    """The same ``limit`` patches for every model read (a fixed random subset)."""
+    return rows[np.random.default_rng(0).permutation(len(rows))[:limit]]
+
+
+def _scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    per_class = [float((pred[truth == c] == c).mean()) for c in range(NUM_CLASSES) if (truth == c).any()]
+    return {"accuracy": float((pred == truth).mean()), "mean_class_accuracy": float(np.mean(per_class))}
+
+
 @torch.no_grad()
 def accuracy(model: PatchClassifier, images, rows, patch, mean, std, limit: int = 4000) -> dict:
     model.eval()
-    rows = rows[np.random.default_rng(0).permutation(len(rows))[:limit]]
+    rows = _evaluated_rows(rows, limit)
     pred = torch.cat([model(normalize(crops(images, rows[i: i + 256], patch, None), mean, std)).argmax(1)
                       for i in range(0, len(rows), 256)]).numpy()
-    truth = rows[:, 3]
-    per_class = [float((pred[truth == c] == c).mean()) for c in range(NUM_CLASSES) if (truth == c).any()]
     model.train()
-    return {"accuracy": float((pred == truth).mean()), "mean_class_accuracy": float(np.mean(per_class))}
+    return _scores(pred, rows[:, 3])
 
 
 @torch.no_grad()
@@ -149,7 +158,7 @@ def segmentation_patch_accuracy(checkpoint: str, images, rows, patch: int, limit
     """The same patches read by a segmentation model: its whole-image prediction, the most frequent class
     of the patch's central cell (what the patch label is)."""
     model, meta = load_trained_model(checkpoint)
-    rows = rows[np.random.default_rng(0).permutation(len(rows))[:limit]]
+    rows = _evaluated_rows(rows, limit)
     preds = {}
     for i in np.unique(rows[:, 0]):
         x = torch.from_numpy(images[i]).permute(2, 0, 1)[None].float() / 255.0
@@ -158,20 +167,14 @@ def segmentation_patch_accuracy(checkpoint: str, images, rows, patch: int, limit
     half = (patch - cell) // 2
     pred = np.array([np.bincount(preds[i][t + half: t + half + cell, l + half: l + half + cell].ravel(),
                                  minlength=NUM_CLASSES).argmax() for i, t, l, _ in rows])
-    truth = rows[:, 3]
-    per_class = [float((pred[truth == c] == c).mean()) for c in range(NUM_CLASSES) if (truth == c).any()]
-    return {"accuracy": float((pred == truth).mean()), "mean_class_accuracy": float(np.mean(per_class))}
+    return _scores(pred, rows[:, 3])
 
 
-def read_split(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
-    images, labels = [], []
-    for path in sorted((root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
-        images.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
-        lbl = str(path).replace("leftImg8bit/", "gtFine/").replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-        labels.append(cityscapes_lut(NUM_CLASSES)[cv2.imread(lbl, cv2.IMREAD_UNCHANGED)])
-    return np.stack(images), np.stack(labels)
+def read_val(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images and compact labels of a Cityscapes-layout validation split, through the project's reader."""
+    reader = build_dataset("cityscapes", root, split="val", num_classes=NUM_CLASSES)
+    samples = [reader[i] for i in range(len(reader))]
+    return np.stack([s["image"] for s in samples]), np.stack([s["label"] for s in samples])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"world_held_out": accuracy(model, images, held_rows, args.patch, mean, std),
               "seconds": time.perf_counter() - t0, "args": {k: str(v) for k, v in vars(args).items()}}
     if args.target_val is not None:
-        val_images, val_labels = read_split(args.target_val)
+        val_images, val_labels = read_val(args.target_val)
         val_rows = patch_index(val_labels, args.patch)
         result["target_val"] = accuracy(model, val_images, val_rows, args.patch, mean, std)
         for ckpt in filter(None, args.compare.split(",")):

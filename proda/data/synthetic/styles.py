@@ -255,6 +255,12 @@ def _clamped(name: str, value):
     return min(max(value, 0.0), 1.0) if name in _CHANCE_FIELDS else max(value, 0.0)
 
 
+def blend_knob(name: str, source, target, share: float):
+    """One numeric knob (or tuple of numbers) of :data:`GAP_FIELDS` at ``share`` of the source -> target change,
+    extrapolated above 1 and kept valid (chances in [0, 1], nothing below 0)."""
+    return _clamped(name, _blend(source, target, share))
+
+
 def target_style_at(gap: float, source: DomainStyle = SOURCE_STYLE, target: DomainStyle = TARGET_STYLE) -> DomainStyle:
     """``target`` with its appearance (every knob of :data:`GAP_FIELDS`) moved towards ``source``'s:
     ``gap * target + (1 - gap) * source`` per knob. ``gap`` 1 is ``target`` itself, 0 the source's look on the
@@ -273,12 +279,12 @@ def target_style_at(gap: float, source: DomainStyle = SOURCE_STYLE, target: Doma
             s_by_id, t_by_id = {c[0]: c[1:] for c in s}, {c[0]: c[1:] for c in t}
             ids = sorted(set(s_by_id) | set(t_by_id))
             no_shift = (1.0,) * 4
-            values[name] = tuple((i, *_clamped(name, _blend(s_by_id.get(i, no_shift), t_by_id.get(i, no_shift), gap)))
+            values[name] = tuple((i, *blend_knob(name, s_by_id.get(i, no_shift), t_by_id.get(i, no_shift), gap))
                                  for i in ids)
         elif isinstance(t, bool):
             values[name] = t if gap >= 0.5 else s
         else:
-            values[name] = _clamped(name, _blend(s, t, gap))
+            values[name] = blend_knob(name, s, t, gap)
     return replace(target, **values)
 
 
