@@ -7,7 +7,11 @@ the target ratio (default 0.55: DeepLab-v2 ResNet-101 on GTA5 -> Cityscapes, 36.
 66 trained on Cityscapes). No ProDA stage runs here: the gap is chosen before any adaptation is measured.
 
     python benchmarks/calibrate_gap.py OUT [--gaps 1.0,0.9,0.8,0.7] [--seed 1337] [--parallel 2]
-        [--target-ratio 0.55] [dotted overrides for both runs, e.g. run.device=cuda]
+        [--target-ratio 0.55] [--size 192x96] [dotted overrides for both runs, e.g. run.device=cuda]
+
+``--size`` renders the benchmark at another image size (``proda synth --size``); scale ``data.crop_size`` with
+it in the overrides. The references' budget is an override too (``optim.iterations=6000 run.eval_every=1500``
+is the 6000-iteration setting of ``configs/synthetic/pipeline_6k.yaml``).
 
 Writes ``OUT/gap_<g>/data`` (the benchmark), ``OUT/gap_<g>/{source_only,oracle}`` (the runs; rerunning skips
 finished ones, as ``proda train`` does), and ``OUT/calibration.json`` / ``OUT/calibration.md``: per gap the
@@ -25,7 +29,8 @@ from pathlib import Path
 
 import _common  # noqa: F401  (the working tree's proda first on sys.path)
 
-from proda.data.synthetic import write_benchmark
+from proda.cli import parse_size
+from proda.data.synthetic import DEFAULT_SIZE, write_benchmark
 from proda.io import write_bytes, write_json
 
 RUNS = ("source_only", "oracle")
@@ -67,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark-seed", type=int, default=0)
     ap.add_argument("--target-ratio", type=float, default=0.55)
     ap.add_argument("--parallel", type=int, default=2, help="training processes at a time")
+    ap.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="image size WxH of the benchmark")
     ap.add_argument("overrides", nargs="*", help="dotted overrides for every run (e.g. run.device=cuda)")
     args = ap.parse_intermixed_args(argv)
     gaps = [f"{float(g):g}" for g in args.gaps.split(",")]
 
     for gap in gaps:  # the benchmarks first: each writer uses the machine's cores itself
-        write_benchmark(args.out / f"gap_{gap}" / "data", seed=args.benchmark_seed, gap=float(gap), progress=False)
+        write_benchmark(args.out / f"gap_{gap}" / "data", seed=args.benchmark_seed, size=args.size, gap=float(gap),
+                        progress=False)
     jobs = {(gap, run): args.out / f"gap_{gap}" / run for gap in gaps for run in RUNS}
     with ThreadPoolExecutor(max_workers=max(args.parallel, 1)) as pool:
         futures = {key: pool.submit(train, key[1], out_dir, args.out / f"gap_{key[0]}" / "data", args.seed,
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[gap] = {"source_only": low["miou"], "oracle": high["miou"], "ratio": low["miou"] / high["miou"],
                      "oracle_zero_classes": [c for c, v in high["per_class_iou"].items() if v == 0],
                      "source_only_per_class_iou": low["per_class_iou"], "oracle_per_class_iou": high["per_class_iou"]}
-    summary = {"target_ratio": args.target_ratio, "seed": args.seed, "overrides": args.overrides, "gaps": rows,
+    summary = {"target_ratio": args.target_ratio, "seed": args.seed, "size": list(args.size),
+               "overrides": args.overrides, "gaps": rows,
                "chosen": choose(rows, args.target_ratio)}
     write_json(args.out / "calibration.json", summary)
     table = format_table(summary)

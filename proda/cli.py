@@ -12,7 +12,8 @@ from pathlib import Path
 from .errors import ProdaError
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """An argparse type: "WxH" -> (W, H), both positive (also used by the benchmark scripts)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -62,12 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--num-classes", type=int, default=None,
                    help="protocol (default: the checkpoint's; 19 for --predictions)")
     e.add_argument("--pred-format", choices=["auto", "trainid", "labelid"], default="auto")
-    e.add_argument("--input-size", type=_size, default=None, help="network input WxH (default: the checkpoint's)")
+    e.add_argument("--input-size", type=parse_size, default=None, help="network input WxH (default: the checkpoint's)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--mode", choices=["whole", "slide"], default="whole", help="whole image or sliding windows")
     e.add_argument("--scales", default="1", help="comma-separated input scales, e.g. 0.75,1,1.25")
     e.add_argument("--flip", action="store_true", help="add the mirrored image (test-time augmentation)")
-    e.add_argument("--crop-size", type=_size, default=None, help="sliding-window size WxH")
+    e.add_argument("--crop-size", type=parse_size, default=None, help="sliding-window size WxH")
     e.add_argument("--plots", default=None, help="write per-class IoU and confusion-matrix PNGs into this folder")
     e.add_argument("--json", help="write the result as JSON")
 
@@ -82,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--mode", choices=["whole", "slide"], default="whole")
     pd.add_argument("--scales", default="1")
     pd.add_argument("--flip", action="store_true")
-    pd.add_argument("--input-size", type=_size, default=None)
-    pd.add_argument("--crop-size", type=_size, default=None)
+    pd.add_argument("--input-size", type=parse_size, default=None)
+    pd.add_argument("--crop-size", type=parse_size, default=None)
     pd.add_argument("--batch-size", type=int, default=1)
     pd.add_argument("--device", default="cpu")
     pd.add_argument("--no-progress", action="store_true")
@@ -134,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write the synthetic domain-shift benchmark (gta5/ + cityscapes/ layouts)")
     s.add_argument("out")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=_size, default=None, help="image size WxH")
+    s.add_argument("--size", type=parse_size, default=None, help="image size WxH")
     s.add_argument("--n-source", type=int, default=None)
     s.add_argument("--n-target", type=int, default=None)
     s.add_argument("--n-val", type=int, default=None)
