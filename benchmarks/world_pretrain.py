@@ -51,6 +51,7 @@ from proda.data.registry import build_dataset
 from proda.data.synthetic import GAP_FIELDS, SOURCE_STYLE, TARGET_STYLE, render_scene
 from proda.data.synthetic.styles import blend_knob
 from proda.engine.inference import predict_logits
+from proda.io import write_json
 from proda.models.build import build_model, normalize
 from proda.models.weights import load_trained_model
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             result[f"target_val by {ckpt}"] = segmentation_patch_accuracy(ckpt, val_images, val_rows, args.patch)
     save_checkpoint(args.out / "world_backbone.pth", {"model": net.state_dict(), "iteration": args.iterations,
                                                       "patch_classifier": model.fc.state_dict()})
-    (args.out / "world_pretrain.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / "world_pretrain.json", result)
     print(json.dumps(result, indent=2))
     return 0
 
